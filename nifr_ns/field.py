@@ -1,0 +1,234 @@
+"""The nifr field: nerfacto-style geometry and colour, plus a geometry-grounded feature head.
+
+Owns the spatial encodings (hash grid, or a multi-resolution tri-plane that is about ten
+times faster than nerfstudio's pure-torch hash grid on a CPU), the density and proposal
+fields, and the per-sample outputs: density, RGB and a D-dimensional feature.
+
+Gradient policy of the feature head: it reads its own encoding of the position and the
+density network's intermediate geometric features. The geometric features enter through
+a gradient scale (``geo_feature_grad_scale``, 0 = detached): feature losses may shape them
+only as much as asked, and never move the density through the rendering weights, which
+the model detaches for every feature rendering (as LERF does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Literal, Optional, Tuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from nerfstudio.cameras.rays import RaySamples
+from nerfstudio.field_components.activations import trunc_exp
+from nerfstudio.field_components.embedding import Embedding
+from nerfstudio.field_components.encodings import Encoding, HashEncoding, KPlanesEncoding, SHEncoding
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.field_components.mlp import MLP
+from nerfstudio.field_components.spatial_distortions import SpatialDistortion
+from nerfstudio.fields.base_field import Field, get_normalized_directions
+
+FEATURE = "feature"
+"""Key of the per-sample feature in the field outputs (nerfstudio's FieldHeadNames has none for it)."""
+
+
+@dataclass
+class EncodingConfig:
+    """A spatial encoding of positions normalised to [0, 1]^3."""
+
+    kind: Literal["hashgrid", "triplane"] = "hashgrid"
+    """hashgrid: nerfstudio's hash grid (tinycudann when installed); triplane: multi-resolution
+    tri-plane through grid_sample, the fast choice without tinycudann."""
+    resolutions: Tuple[int, ...] = (16, 2048)
+    """hashgrid: (base, max) resolution; triplane: the resolution of each scale."""
+    num_levels: int = 16
+    """hashgrid levels (unused by the tri-plane, whose levels are ``resolutions``)."""
+    features_per_level: int = 2
+    log2_hashmap_size: int = 19
+
+    def setup(self, implementation: Literal["tcnn", "torch"]) -> Encoding:
+        if self.kind == "triplane":
+            return MultiResTriplaneEncoding(self.resolutions, self.features_per_level)
+        return HashEncoding(
+            num_levels=self.num_levels,
+            min_res=self.resolutions[0],
+            max_res=self.resolutions[-1],
+            log2_hashmap_size=self.log2_hashmap_size,
+            features_per_level=self.features_per_level,
+            implementation=implementation,
+        )
+
+
+class MultiResTriplaneEncoding(Encoding):
+    """K-Planes style tri-planes at several resolutions, concatenated; input in [0, 1]^3."""
+
+    def __init__(self, resolutions: Tuple[int, ...], channels: int) -> None:
+        super().__init__(in_dim=3)
+        self.planes = nn.ModuleList(
+            KPlanesEncoding(resolution=(r, r, r), num_components=channels, reduce="product") for r in resolutions
+        )
+
+    def get_out_dim(self) -> int:
+        return sum(p.get_out_dim() for p in self.planes)
+
+    def forward(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out"]:
+        x = in_tensor * 2.0 - 1.0
+        return torch.cat([p(x) for p in self.planes], dim=-1)
+
+
+def normalized_positions(
+    ray_samples: RaySamples, spatial_distortion: Optional[SpatialDistortion]
+) -> Tuple[Float[Tensor, "*bs 3"], Float[Tensor, "*bs"]]:
+    """Sample positions mapped to [0, 1]^3 (contracted space) and a mask of those inside it."""
+    positions = ray_samples.frustums.get_positions()
+    if spatial_distortion is not None:
+        positions = (spatial_distortion(positions) + 2.0) / 4.0
+    inside = ((positions > 0.0) & (positions < 1.0)).all(dim=-1)
+    return positions * inside[..., None], inside
+
+
+class ProposalDensityField(Field):
+    """A small density-only field for proposal sampling (nerfacto's HashMLPDensityField, any encoding)."""
+
+    def __init__(
+        self,
+        encoding: EncodingConfig,
+        spatial_distortion: Optional[SpatialDistortion],
+        hidden_dim: int = 16,
+        average_init_density: float = 1.0,
+        implementation: Literal["tcnn", "torch"] = "torch",
+    ) -> None:
+        super().__init__()
+        self.spatial_distortion = spatial_distortion
+        self.average_init_density = average_init_density
+        enc = encoding.setup(implementation)
+        mlp = MLP(
+            in_dim=enc.get_out_dim(),
+            num_layers=2,
+            layer_width=hidden_dim,
+            out_dim=1,
+            activation=nn.ReLU(),
+            implementation=implementation,
+        )
+        self.mlp_base = nn.Sequential(enc, mlp)
+
+    def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, None]:
+        positions, inside = normalized_positions(ray_samples, self.spatial_distortion)
+        raw = self.mlp_base(positions.view(-1, 3)).view(*ray_samples.frustums.shape, 1).to(positions)
+        density = self.average_init_density * trunc_exp(raw) * inside[..., None]
+        return density, None
+
+    def get_outputs(self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None) -> dict:
+        return {}
+
+
+class NifrField(Field):
+    """Density + RGB (nerfacto) and a unit-free D-dim feature per sample, grounded in the geometry."""
+
+    def __init__(
+        self,
+        num_images: int,
+        spatial_distortion: Optional[SpatialDistortion],
+        density_encoding: EncodingConfig,
+        feature_encoding: EncodingConfig,
+        feature_dim: int = 32,
+        hidden_dim: int = 64,
+        geo_feat_dim: int = 15,
+        hidden_dim_color: int = 64,
+        hidden_dim_feature: int = 64,
+        appearance_embedding_dim: int = 32,
+        use_average_appearance_embedding: bool = True,
+        geo_feature_grad_scale: float = 0.0,
+        average_init_density: float = 1.0,
+        implementation: Literal["tcnn", "torch"] = "torch",
+    ) -> None:
+        super().__init__()
+        self.spatial_distortion = spatial_distortion
+        self.geo_feat_dim = geo_feat_dim
+        self.feature_dim = feature_dim
+        self.geo_feature_grad_scale = geo_feature_grad_scale
+        self.average_init_density = average_init_density
+        self.use_average_appearance_embedding = use_average_appearance_embedding
+
+        density_enc = density_encoding.setup(implementation)
+        self.mlp_base = nn.Sequential(
+            density_enc,
+            MLP(
+                in_dim=density_enc.get_out_dim(),
+                num_layers=2,
+                layer_width=hidden_dim,
+                out_dim=1 + geo_feat_dim,
+                activation=nn.ReLU(),
+                implementation=implementation,
+            ),
+        )
+        self.direction_encoding = SHEncoding(levels=4, implementation=implementation)
+        self.embedding_appearance = Embedding(num_images, appearance_embedding_dim) if appearance_embedding_dim else None
+        self.mlp_head = MLP(
+            in_dim=self.direction_encoding.get_out_dim() + geo_feat_dim + appearance_embedding_dim,
+            num_layers=3,
+            layer_width=hidden_dim_color,
+            out_dim=3,
+            activation=nn.ReLU(),
+            out_activation=nn.Sigmoid(),
+            implementation=implementation,
+        )
+        self.feature_encoding = feature_encoding.setup(implementation)
+        self.mlp_feature = MLP(
+            in_dim=self.feature_encoding.get_out_dim() + geo_feat_dim,
+            num_layers=2,
+            layer_width=hidden_dim_feature,
+            out_dim=feature_dim,
+            activation=nn.ReLU(),
+            implementation=implementation,
+        )
+        self._positions: Optional[Tensor] = None
+
+    def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
+        positions, inside = normalized_positions(ray_samples, self.spatial_distortion)
+        self._positions = positions
+        h = self.mlp_base(positions.view(-1, 3)).view(*ray_samples.frustums.shape, -1)
+        raw_density, geo_features = torch.split(h, [1, self.geo_feat_dim], dim=-1)
+        # exp keeps high densities reachable from small parameters (as nerfacto)
+        density = self.average_init_density * trunc_exp(raw_density.to(positions)) * inside[..., None]
+        return density, geo_features
+
+    def _appearance(self, ray_samples: RaySamples, shape: torch.Size) -> Optional[Tensor]:
+        if self.embedding_appearance is None:
+            return None
+        if self.training:
+            assert ray_samples.camera_indices is not None, "camera indices are needed for appearance"
+            return self.embedding_appearance(ray_samples.camera_indices.squeeze(-1))
+        dim = self.embedding_appearance.out_dim
+        if self.use_average_appearance_embedding:
+            return self.embedding_appearance.mean(dim=0).expand(*shape, dim)
+        return torch.zeros(*shape, dim, device=self._positions.device)
+
+    def get_outputs(self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None) -> Dict:
+        assert density_embedding is not None and self._positions is not None
+        shape = ray_samples.frustums.shape
+        directions = get_normalized_directions(ray_samples.frustums.directions)
+        colour_in = [self.direction_encoding(directions.view(-1, 3)), density_embedding.view(-1, self.geo_feat_dim)]
+        appearance = self._appearance(ray_samples, shape)
+        if appearance is not None:
+            colour_in.append(appearance.reshape(-1, appearance.shape[-1]))
+        rgb = self.mlp_head(torch.cat(colour_in, dim=-1)).view(*shape, 3).to(directions)
+        return {FieldHeadNames.RGB: rgb, FEATURE: self.get_features(self._positions, density_embedding)}
+
+    def get_features(
+        self, positions: Float[Tensor, "*bs 3"], geo_features: Float[Tensor, "*bs G"]
+    ) -> Float[Tensor, "*bs D"]:
+        """Per-sample features (not normalised: normalisation happens after volumetric rendering)."""
+        geo = scale_gradient(geo_features, self.geo_feature_grad_scale)
+        x = torch.cat([self.feature_encoding(positions.reshape(-1, 3)), geo.reshape(-1, self.geo_feat_dim)], -1)
+        return self.mlp_feature(x).view(*positions.shape[:-1], self.feature_dim).to(positions)
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """Identity forward; gradient multiplied by ``scale`` backward (0 detaches)."""
+    if scale == 0.0:
+        return x.detach()
+    if scale == 1.0:
+        return x
+    return x * scale + x.detach() * (1.0 - scale)

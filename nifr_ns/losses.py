@@ -1,0 +1,175 @@
+"""The self-supervised losses that align the 3D feature field with the 2D image encoder:
+pixel-aligned InfoNCE, the multi-view term, the prototypical (swapped-prediction) loss
+with its Sinkhorn assignment, and the ranking loss from the learned surface.
+
+Pure torch; every weight, temperature and margin is an argument (the model config holds
+the values). Features given to these functions are unit vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from nifr_ns.geometry import project, transform_points
+
+
+def info_nce(
+    a: Float[Tensor, "G N D"],
+    b: Float[Tensor, "G N D"],
+    temperature: float,
+    mask: Optional[Bool[Tensor, "G N"]] = None,
+    symmetric: bool = True,
+) -> Float[Tensor, ""]:
+    """Pixel-aligned InfoNCE with in-group negatives.
+
+    In each group g (one image), a[g, i] and b[g, i] are a positive pair and the other valid
+    b[g, j] are its negatives. Masked entries are neither anchors nor negatives; groups with
+    fewer than two valid entries contribute nothing. ``symmetric`` averages the a->b and b->a
+    directions. Returns the mean over valid anchors, a zero that still has a graph when there
+    are none.
+    """
+    valid = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device) if mask is None else mask
+    anchors = valid & (valid.sum(dim=1, keepdim=True) >= 2)
+    targets = torch.arange(a.shape[1], device=a.device).expand_as(valid).flatten()
+    similarity = a @ b.transpose(1, 2) / temperature
+
+    def cross_entropy(logits: Tensor) -> Tensor:
+        # A finite fill keeps fully masked rows free of NaN; they are then weighted out.
+        logits = logits.masked_fill(~valid[:, None, :], torch.finfo(logits.dtype).min)
+        per_anchor = F.cross_entropy(logits.flatten(0, 1), targets, reduction="none")
+        return (per_anchor * anchors.flatten()).sum() / anchors.sum().clamp(min=1)
+
+    if not symmetric:
+        return cross_entropy(similarity)
+    return 0.5 * (cross_entropy(similarity) + cross_entropy(similarity.transpose(1, 2)))
+
+
+@torch.no_grad()
+def sinkhorn(scores: Float[Tensor, "N K"], epsilon: float, iterations: int) -> Float[Tensor, "N K"]:
+    """SwAV's Sinkhorn-Knopp: soft assignments of N samples to K prototypes, spread evenly.
+
+    Returns codes whose rows sum to 1 and whose columns sum to N / K (up to convergence).
+    No gradient: the codes are targets.
+    """
+    num_samples, num_prototypes = scores.shape
+    # In log space, so that a small epsilon cannot underflow a whole column to zero.
+    log_codes = scores / epsilon
+    for _ in range(iterations):
+        log_codes = log_codes - log_codes.logsumexp(dim=0, keepdim=True) + math.log(num_samples / num_prototypes)
+        log_codes = log_codes - log_codes.logsumexp(dim=1, keepdim=True)
+    return log_codes.exp()
+
+
+def prototype_loss(
+    z3d: Float[Tensor, "N D"],
+    z2d: Float[Tensor, "N D"],
+    prototypes: Float[Tensor, "K D"],
+    temperature: float,
+    epsilon: float,
+    iterations: int,
+) -> Float[Tensor, ""]:
+    """Swapped prediction over prototypes shared by the two embeddings.
+
+    The Sinkhorn codes of each side (detached) are predicted from the other side's softmax
+    over its prototype scores at ``temperature``:
+    0.5 * (CE(q3d, p2d) + CE(q2d, p3d)). ``prototypes`` (the caller's learnable parameter) are
+    L2-normalised here. Gradients reach z3d, z2d and the prototypes.
+    """
+    unit_prototypes = F.normalize(prototypes, dim=-1)
+    scores_3d, scores_2d = z3d @ unit_prototypes.T, z2d @ unit_prototypes.T
+    codes_3d = sinkhorn(scores_3d, epsilon, iterations)
+    codes_2d = sinkhorn(scores_2d, epsilon, iterations)
+    predict_3d_from_2d = -(codes_3d * F.log_softmax(scores_2d / temperature, dim=-1)).sum(dim=-1).mean()
+    predict_2d_from_3d = -(codes_2d * F.log_softmax(scores_3d / temperature, dim=-1)).sum(dim=-1).mean()
+    return 0.5 * (predict_3d_from_2d + predict_2d_from_3d)
+
+
+def ranking_loss(
+    enc: Float[Tensor, "R D"],
+    surface: Float[Tensor, "R D"],
+    samples: Float[Tensor, "R S D"],
+    distance: Float[Tensor, "R S"],
+    margin: float,
+    mask: Optional[Bool[Tensor, "R S"]] = None,
+) -> Float[Tensor, ""]:
+    """Ranking from the learned surface: along a ray, the encoder feature of its pixel must be
+    most similar to the 3D feature at the surface, and less and less similar to 3D features
+    further from it.
+
+    ``distance`` is each sample's distance to the surface along the ray (>= 0, any unit).
+    Hinges relu(m + sim(enc, far) - sim(enc, near)) are averaged over the valid pairs
+    (surface, sample) and (sample, next sample by distance). The margin grows with the
+    distance gap, m = margin * (d_far - d_near) / d_max with d_max the ray's largest valid
+    distance: it is unit-free, and the chain margins add up to the surface-to-farthest one,
+    so the pairs never ask for conflicting profiles (a similarity falling linearly by
+    ``margin`` from the surface to the farthest sample satisfies all with equality).
+
+    The 3D features are detached: this loss regularises the encoder with the geometry the
+    field has learned; letting it move the field would let it meet the ranking by scrambling
+    off-surface features instead of shaping the encoder.
+    """
+    valid = torch.ones_like(distance, dtype=torch.bool) if mask is None else mask
+    sim_surface = (enc * surface.detach()).sum(dim=-1, keepdim=True)
+    sim_samples = (enc[:, None, :] * samples.detach()).sum(dim=-1)
+
+    order = distance.masked_fill(~valid, float("inf")).argsort(dim=1, stable=True)  # valid samples first
+    valid = valid.gather(1, order)
+    dist = distance.gather(1, order).masked_fill(~valid, 0.0)
+    sim = sim_samples.gather(1, order)
+    scale = dist.amax(dim=1, keepdim=True).clamp(min=torch.finfo(dist.dtype).tiny)
+
+    to_surface = F.relu(margin * dist / scale + sim - sim_surface)
+    chain = F.relu(margin * (dist[:, 1:] - dist[:, :-1]) / scale + sim[:, 1:] - sim[:, :-1])
+    chain_valid = valid[:, 1:] & valid[:, :-1]
+    total = (to_surface * valid).sum() + (chain * chain_valid).sum()
+    return total / (valid.sum() + chain_valid.sum()).clamp(min=1)
+
+
+def multiview_pairs(
+    points_world: Float[Tensor, "M 3"],
+    T_cw_b: Float[Tensor, "4 4"],
+    K_b: Float[Tensor, "3 3"],
+    image_hw: Tuple[int, int],
+    depth_b: Union[Callable[[Tensor], Tensor], Float[Tensor, " M"], None],
+    rel_tol: float,
+) -> Tuple[Float[Tensor, "M 2"], Bool[Tensor, " M"]]:
+    """Projects points lifted from image A (with A's rendered depth) into image B.
+
+    ``T_cw_b`` is B's world-to-camera pose (OpenCV axes) in the frame of ``points_world``.
+    ``depth_b`` is B's z-depth (along its optical axis, not the range along the ray) at the
+    projections: a function of uv (V, 2) -> (V,), called once with the V in-view points only,
+    or the (M,) values, or None to skip the occlusion test.
+    Returns uv_b (pixel-centre convention; finite for every point) and valid: in front of B,
+    inside B's image and, with depth, not occluded: |z_b - depth_b| <= rel_tol * z_b.
+    """
+    T_cw_b = torch.as_tensor(T_cw_b, dtype=points_world.dtype, device=points_world.device)
+    K_b = torch.as_tensor(K_b, dtype=points_world.dtype, device=points_world.device)
+    # project keeps uv finite even for points behind B (rejected by z > 0 below), so a caller can
+    # sample features at every uv without NaNs reaching the masked loss entries.
+    uv, z = project(transform_points(T_cw_b, points_world), K_b)
+
+    height, width = image_hw
+    valid = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+    if depth_b is not None:
+        # Only in-view points are tested, so that a rendering callable renders no wasted rays.
+        in_view = valid.nonzero()[:, 0]
+        depth = depth_b(uv[in_view]) if callable(depth_b) else depth_b[in_view]
+        valid[in_view] = (z[in_view] - depth).abs() <= rel_tol * z[in_view]
+    return uv, valid
+
+
+def multiview_loss(
+    feat_a: Float[Tensor, "M D"],
+    enc_b: Float[Tensor, "M D"],
+    valid: Bool[Tensor, " M"],
+    temperature: float,
+) -> Float[Tensor, ""]:
+    """Cross-view InfoNCE: the 3D feature of a point of image A and B's encoder feature at the
+    point's projection are positives; the other valid pairs are negatives."""
+    return info_nce(feat_a[None], enc_b[None], temperature, mask=valid[None])

@@ -1,0 +1,100 @@
+"""The ``nifr`` (GPU) and ``nifr-small`` (2-core CPU) methods, registered with nerfstudio.
+
+nerfstudio imports this module for every ``ns-*`` command, so it only builds configs.
+"""
+
+from __future__ import annotations
+
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from nifr_ns.datamanager import NifrDataManagerConfig
+from nifr_ns.field import EncodingConfig
+from nifr_ns.model import NifrModelConfig
+
+
+def _optimizers(max_steps: int) -> dict:
+    def group(lr: float) -> dict:
+        return {
+            "optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=lr / 100, max_steps=max_steps),
+        }
+
+    return {"proposal_networks": group(1e-2), "fields": group(1e-2), "encoder": group(1e-3)}
+
+
+def nifr_config() -> TrainerConfig:
+    """Full settings for a GPU (tinycudann hash grids when installed)."""
+    return TrainerConfig(
+        method_name="nifr",
+        steps_per_eval_batch=500,
+        steps_per_save=2000,
+        max_num_iterations=30000,
+        mixed_precision=True,
+        pipeline=VanillaPipelineConfig(
+            datamanager=NifrDataManagerConfig(
+                dataparser=NerfstudioDataParserConfig(),
+                train_num_rays_per_batch=4096,
+                eval_num_rays_per_batch=4096,
+            ),
+            model=NifrModelConfig(eval_num_rays_per_chunk=1 << 15, average_init_density=0.01),
+        ),
+        optimizers=_optimizers(30000),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    )
+
+
+def nifr_small_config() -> TrainerConfig:
+    """A preset that trains a usable model on a 2-core CPU in minutes.
+
+    Tri-plane encodings instead of the pure-torch hash grid, one proposal network, few
+    samples per ray and small images in memory.
+    """
+    iters = 3000
+    triplane = EncodingConfig(kind="triplane", resolutions=(64, 128, 256), features_per_level=8)
+    return TrainerConfig(
+        method_name="nifr-small",
+        steps_per_eval_batch=500,
+        steps_per_eval_image=1000,
+        steps_per_save=1000,
+        max_num_iterations=iters,
+        mixed_precision=False,
+        machine=MachineConfig(device_type="cpu"),
+        pipeline=VanillaPipelineConfig(
+            datamanager=NifrDataManagerConfig(
+                dataparser=NerfstudioDataParserConfig(),
+                train_num_rays_per_batch=1024,
+                eval_num_rays_per_batch=1024,
+            ),
+            model=NifrModelConfig(
+                eval_num_rays_per_chunk=4096,
+                average_init_density=0.01,
+                implementation="torch",
+                density_encoding=triplane,
+                feature_encoding=EncodingConfig(kind="triplane", resolutions=(32, 64, 128), features_per_level=8),
+                proposal_encodings=(EncodingConfig(kind="triplane", resolutions=(32, 64), features_per_level=4),),
+                num_proposal_iterations=1,
+                num_proposal_samples_per_ray=(48,),
+                num_nerf_samples_per_ray=24,
+                proposal_warmup=iters // 2,
+                hidden_dim=32,
+                hidden_dim_color=32,
+                appearance_embed_dim=8,
+            ),
+        ),
+        optimizers=_optimizers(iters),
+        viewer=ViewerConfig(num_rays_per_chunk=4096),
+        vis="viewer",
+    )
+
+
+nifr = MethodSpecification(config=nifr_config(), description="Neural implicit feature fields for pose refinement.")
+nifr_small = MethodSpecification(
+    config=nifr_small_config(), description="nifr preset for a 2-core CPU: trains in minutes."
+)

@@ -1,0 +1,312 @@
+"""The nifr model: nerfacto's geometry and sampling with a rendered, L2-normalised feature field.
+
+Owns the model config, the modules built from it, what is rendered per ray and the
+losses and metrics that nerfstudio's trainer, ``ns-eval`` and ``ns-viewer`` call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Tuple, Type
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import Parameter
+
+from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.field_components.spatial_distortions import SceneContraction
+from nerfstudio.model_components.losses import MSELoss
+from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
+from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
+from nerfstudio.model_components.scene_colliders import NearFarCollider
+from nerfstudio.models.base_model import Model
+from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
+from nerfstudio.utils import colormaps
+
+from nifr_ns import checkpoints, losses
+from nifr_ns.encoder import ImageEncoderConfig, sample_features
+from nifr_ns.geometry import opengl_c2w_to_T_cw
+from nifr_ns.field import FEATURE, EncodingConfig, NifrField, ProposalDensityField
+
+checkpoints.allow_numpy_scalars()
+
+
+@dataclass
+class NifrModelConfig(NerfactoModelConfig):
+    """nifr model config: nerfacto's (sampling, proposals, losses, appearance) plus the feature field.
+
+    The encodings are set by ``density_encoding``, ``feature_encoding`` and
+    ``proposal_encodings``; nerfacto's hash-grid fields (num_levels, max_res, ...,
+    proposal_net_args_list) are not read.
+    """
+
+    _target: Type = field(default_factory=lambda: NifrModel)
+    density_encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    """Encoding of the density (geometry) network."""
+    feature_encoding: EncodingConfig = field(
+        default_factory=lambda: EncodingConfig(resolutions=(16, 1024), num_levels=12, log2_hashmap_size=18)
+    )
+    """The feature head's own encoding."""
+    proposal_encodings: Tuple[EncodingConfig, ...] = field(
+        default_factory=lambda: (
+            EncodingConfig(resolutions=(16, 128), num_levels=5, log2_hashmap_size=17),
+            EncodingConfig(resolutions=(16, 256), num_levels=5, log2_hashmap_size=17),
+        )
+    )
+    """Encoding of each proposal network (one per proposal iteration)."""
+    feature_dim: int = 32
+    """Dimension D of the shared 2D/3D feature space."""
+    hidden_dim_feature: int = 64
+    """Width of the feature head's MLP."""
+    geo_feature_grad_scale: float = 0.0
+    """How much of the feature losses' gradient reaches the geometric features (0: none)."""
+    camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
+    """Off by default: the map frame must stay the frame of the input poses."""
+    encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    """The 2D image encoder trained with the field (its feature_dim is set to feature_dim)."""
+    temperature: float = 0.07
+    """Temperature tau of the contrastive (InfoNCE) losses."""
+    contrastive_loss_mult: float = 1.0
+    """Pixel-aligned 2D<->3D InfoNCE, averaged over the encoder's levels."""
+    multiview_loss_mult: float = 0.5
+    """Cross-view InfoNCE: a pixel of one image lifted with the rendered depth and projected into another."""
+    multiview_occlusion_tol: float = 0.05
+    """A projection is occluded when its depth differs from the depth rendered there by more than this share."""
+    prototype_loss_mult: float = 0.1
+    """Swapped prediction of Sinkhorn prototype assignments between the 2D and 3D features."""
+    num_prototypes: int = 64
+    """Number of learnable prototypes shared by both embeddings."""
+    prototype_temperature: float = 0.1
+    """Softmax temperature of the prototype predictions."""
+    sinkhorn_epsilon: float = 0.05
+    """Entropic regularisation of the Sinkhorn assignments."""
+    sinkhorn_iterations: int = 3
+    """Sinkhorn-Knopp iterations."""
+    ranking_loss_mult: float = 0.1
+    """Encoder feature closer to the 3D feature at the rendered surface than to features off it."""
+    ranking_margin: float = 0.2
+    """Similarity margin between the surface and the farthest sample of a ray."""
+    geometry_warmup_steps: int = 300
+    """The depth-dependent losses (multi-view, ranking) start once the geometry has had this many steps."""
+
+
+class NifrModel(NerfactoModel):
+    """Nerfacto's sampling and rendering with our field, a rendered feature per ray and no LPIPS."""
+
+    config: NifrModelConfig
+
+    def populate_modules(self) -> None:
+        # Nerfacto's own populate_modules builds LPIPS, which downloads AlexNet weights: skip it.
+        Model.populate_modules(self)
+        cfg = self.config
+        contraction = None if cfg.disable_scene_contraction else SceneContraction(order=float("inf"))
+        self.field = NifrField(
+            num_images=self.num_train_data,
+            spatial_distortion=contraction,
+            density_encoding=cfg.density_encoding,
+            feature_encoding=cfg.feature_encoding,
+            feature_dim=cfg.feature_dim,
+            hidden_dim=cfg.hidden_dim,
+            hidden_dim_color=cfg.hidden_dim_color,
+            hidden_dim_feature=cfg.hidden_dim_feature,
+            appearance_embedding_dim=cfg.appearance_embed_dim if cfg.use_appearance_embedding else 0,
+            use_average_appearance_embedding=cfg.use_average_appearance_embedding,
+            geo_feature_grad_scale=cfg.geo_feature_grad_scale,
+            average_init_density=cfg.average_init_density,
+            implementation=cfg.implementation,
+        )
+        self.camera_optimizer = cfg.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
+        self.proposal_networks = torch.nn.ModuleList(
+            ProposalDensityField(
+                cfg.proposal_encodings[min(i, len(cfg.proposal_encodings) - 1)],
+                spatial_distortion=contraction,
+                average_init_density=cfg.average_init_density,
+                implementation=cfg.implementation,
+            )
+            for i in range(1 if cfg.use_same_proposal_network else cfg.num_proposal_iterations)
+        )
+        self.density_fns = [
+            self.proposal_networks[min(i, len(self.proposal_networks) - 1)].density_fn
+            for i in range(cfg.num_proposal_iterations)
+        ]
+
+        def update_schedule(step: int) -> float:
+            return float(np.clip(np.interp(step, [0, cfg.proposal_warmup], [0, cfg.proposal_update_every]), 1,
+                                 cfg.proposal_update_every))
+
+        self.proposal_sampler = ProposalNetworkSampler(
+            num_nerf_samples_per_ray=cfg.num_nerf_samples_per_ray,
+            num_proposal_samples_per_ray=cfg.num_proposal_samples_per_ray,
+            num_proposal_network_iterations=cfg.num_proposal_iterations,
+            single_jitter=cfg.use_single_jitter,
+            update_sched=update_schedule,
+            initial_sampler=UniformSampler(single_jitter=cfg.use_single_jitter)
+            if cfg.proposal_initial_sampler == "uniform"
+            else None,
+        )
+        self.collider = NearFarCollider(near_plane=cfg.near_plane, far_plane=cfg.far_plane)
+        self.renderer_rgb = RGBRenderer(background_color=cfg.background_color)
+        self.renderer_accumulation = AccumulationRenderer()
+        self.renderer_depth = DepthRenderer(method="median")
+        self.renderer_expected_depth = DepthRenderer(method="expected")
+        self.rgb_loss = MSELoss()
+        self.step = 0
+        self.encoder = replace(cfg.encoder, feature_dim=cfg.feature_dim).setup()
+        self.prototypes = Parameter(torch.randn(cfg.num_prototypes, cfg.feature_dim))
+
+        from torchmetrics.functional import structural_similarity_index_measure
+        from torchmetrics.image import PeakSignalNoiseRatio
+
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.ssim = structural_similarity_index_measure
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        groups = super().get_param_groups()
+        groups["encoder"] = list(self.encoder.parameters()) + [self.prototypes]
+        return groups
+
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor | List]:
+        ray_samples, weights_list, ray_samples_list = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
+        field_outputs = self.field.forward(ray_samples)
+        weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
+        weights_list.append(weights)
+        ray_samples_list.append(ray_samples)
+
+        outputs: Dict[str, Tensor | List] = {
+            "rgb": self.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights),
+            "accumulation": self.renderer_accumulation(weights=weights),
+            "expected_depth": self.renderer_expected_depth(weights=weights, ray_samples=ray_samples),
+            # feature losses must not bend the geometry through the rendering weights
+            "feature": render_features(field_outputs[FEATURE], weights.detach()),
+        }
+        with torch.no_grad():
+            outputs["depth"] = self.renderer_depth(weights=weights, ray_samples=ray_samples)
+        if self.training:
+            outputs["weights_list"] = weights_list
+            outputs["ray_samples_list"] = ray_samples_list
+            # for the ranking loss: features along the ray and their distance to the surface
+            outputs["sample_features"] = torch.nn.functional.normalize(field_outputs[FEATURE], dim=-1)
+            t_mid = ((ray_samples.frustums.starts + ray_samples.frustums.ends) / 2)[..., 0]
+            outputs["sample_distance"] = (t_mid - outputs["expected_depth"].detach()).abs()
+            outputs["points"] = (ray_bundle.origins + ray_bundle.directions * outputs["expected_depth"]).detach()
+        for i in range(self.config.num_proposal_iterations):
+            outputs[f"prop_depth_{i}"] = self.renderer_depth(weights=weights_list[i], ray_samples=ray_samples_list[i])
+        return outputs
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
+        if self.training and "full_images" in batch:
+            loss_dict.update(self.feature_losses(outputs, batch))
+        return loss_dict
+
+    def feature_losses(self, outputs: Dict, batch: Dict) -> Dict[str, Tensor]:
+        """The self-supervised losses between rendered (3D) and encoder (2D) features.
+
+        ``batch`` comes from :class:`~nifr_ns.datamanager.NifrDataManager`: G whole images
+        and N pixels per image, the rays in image-major order.
+        """
+        cfg = self.config
+        images = batch["full_images"].to(self.device)  # (G, H, W, 3)
+        uv = batch["uv"].to(self.device)  # (G, N, 2)
+        g, n = uv.shape[:2]
+        hw = (images.shape[1], images.shape[2])
+        levels = self.encoder(images.permute(0, 3, 1, 2))
+        f3d = outputs["feature"].view(g, n, -1)
+        f2d = [sample_features(level, uv, hw) for level in levels]  # coarse to fine, each (G, N, D)
+        out = {
+            "contrastive_loss": cfg.contrastive_loss_mult
+            * sum(losses.info_nce(f3d, f, cfg.temperature) for f in f2d) / len(f2d),
+            "prototype_loss": cfg.prototype_loss_mult
+            * losses.prototype_loss(
+                f3d.reshape(g * n, -1),
+                f2d[-1].reshape(g * n, -1),
+                self.prototypes,
+                cfg.prototype_temperature,
+                cfg.sinkhorn_epsilon,
+                cfg.sinkhorn_iterations,
+            ),
+        }
+        if self.step < cfg.geometry_warmup_steps:
+            return out
+        distance = outputs["sample_distance"]
+        out["ranking_loss"] = cfg.ranking_loss_mult * losses.ranking_loss(
+            f2d[-1].reshape(g * n, -1),
+            outputs["feature"],
+            outputs["sample_features"],
+            distance,
+            cfg.ranking_margin,
+            mask=distance > 0.02 * outputs["expected_depth"].detach(),
+        )
+        if g > 1 and cfg.multiview_loss_mult > 0:
+            out["multiview_loss"] = cfg.multiview_loss_mult * self.multiview_loss(
+                levels[-1], f3d, outputs["points"].view(g, n, 3), batch["cameras"], hw
+            )
+        return out
+
+    def multiview_loss(
+        self, fine: Tensor, f3d: Tensor, points: Tensor, cameras: Cameras, hw: Tuple[int, int]
+    ) -> Tensor:
+        """Each image's lifted pixels against the next image's encoder features at their projections.
+
+        Args:
+            fine: (G, D, H, W) finest encoder level; f3d: (G, N, D) rendered features;
+            points: (G, N, 3) lifted pixels (nerfstudio frame); cameras: the G cameras.
+        """
+        g = f3d.shape[0]
+        other = torch.roll(torch.arange(g, device=self.device), -1)
+        T_cw = torch.from_numpy(opengl_c2w_to_T_cw(cameras.camera_to_worlds.detach().cpu().numpy())).to(f3d)
+        K = cameras.get_intrinsics_matrices().to(self.device)
+        total = f3d.new_zeros(())
+        for a, b in enumerate(other.tolist()):
+            camera_b = cameras[b : b + 1]
+            uv_b, visible = losses.multiview_pairs(
+                points[a], T_cw[b], K[b], hw, lambda uv: self.render_z_depth(camera_b, uv),
+                self.config.multiview_occlusion_tol,
+            )
+            enc_b = sample_features(fine[b : b + 1], uv_b[None], hw)[0]
+            total = total + losses.multiview_loss(f3d[a], enc_b, visible, self.config.temperature)
+        return total / g
+
+    @torch.no_grad()
+    def render_z_depth(self, camera: Cameras, uv: Tensor) -> Tensor:
+        """z-depth (along the optical axis) rendered at pixels ``uv`` (M, 2) of one camera; geometry only."""
+        if len(uv) == 0:
+            return uv.new_zeros(0)
+        rays = self.collider(camera.generate_rays(camera_indices=0, coords=uv.flip(-1)))
+        samples, _, _ = self.proposal_sampler(rays, density_fns=self.density_fns)
+        density, _ = self.field.get_density(samples)
+        depth = self.renderer_expected_depth(weights=samples.get_weights(density), ray_samples=samples)[..., 0]
+        optical_axis = -camera.camera_to_worlds[0, :, 2]  # OpenGL cameras look down -z
+        return depth * (rays.directions @ optical_axis)
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        gt_rgb = self.renderer_rgb.blend_background(batch["image"].to(self.device))
+        predicted_rgb = outputs["rgb"]
+        gt = torch.moveaxis(gt_rgb, -1, 0)[None]
+        pred = torch.moveaxis(predicted_rgb, -1, 0)[None]
+        metrics = {"psnr": float(self.psnr(gt, pred).item()), "ssim": float(self.ssim(gt, pred))}
+        images = {
+            "img": torch.cat([gt_rgb, predicted_rgb], dim=1),
+            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
+            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
+        }
+        return metrics, images
+
+
+def render_features(features: Tensor, weights: Tensor) -> Tensor:
+    """Volumetric rendering of per-sample features, L2-normalised.
+
+    Args:
+        features: (..., S, D) per-sample features.
+        weights: (..., S, 1) rendering weights.
+    Returns:
+        (..., D) unit-norm features.
+    """
+    return torch.nn.functional.normalize((weights * features).sum(dim=-2), dim=-1)
+

@@ -1,0 +1,63 @@
+"""The nifr model end to end on the tiny scene: training, checkpoints, rendering, gradients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from nifr_ns.pipeline import NotANifrModelError, load_pipeline
+
+from conftest import tiny_training_config
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_tiny: Path):
+    return load_pipeline(trained_tiny, test_mode="val")
+
+
+def test_checkpoint_loads_with_safe_torch_load(trained_tiny: Path) -> None:
+    (checkpoint,) = (trained_tiny.parent / "nerfstudio_models").glob("*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu")  # weights_only=True by default on torch >= 2.6
+    assert state["step"] == tiny_training_config(Path("."), Path("."), 300).max_num_iterations - 1
+
+
+def test_trained_model_renders_image_and_unit_features(loaded) -> None:
+    config, pipeline = loaded
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1]
+    image = pipeline.datamanager.eval_dataset[0]["image"][..., :3]
+    with torch.no_grad():
+        outputs = pipeline.model.get_outputs_for_camera(camera)
+    h, w = image.shape[:2]
+    assert outputs["rgb"].shape == (h, w, 3)
+    feature = outputs["feature"]
+    assert feature.shape == (h, w, config.pipeline.model.feature_dim)
+    assert torch.allclose(feature.norm(dim=-1), torch.ones(h, w), atol=1e-4)
+    psnr = -10 * torch.log10(((outputs["rgb"] - image) ** 2).mean())
+    assert psnr > 15.0, f"a held-out view should be recognisable after a short training, got {psnr:.1f} dB"
+
+
+def test_ns_eval_reads_the_checkpoint(trained_tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    subprocess.run(
+        [sys.executable, "-m", "nerfstudio.scripts.eval", "--load-config", str(trained_tiny), "--output-path", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    assert json.loads(out.read_text())["results"]["psnr"] > 15.0
+
+
+def test_loading_another_method_is_refused(tmp_path: Path) -> None:
+    from nerfstudio.configs.method_configs import method_configs
+
+    config_path = tmp_path / "config.yml"
+    config_path.write_text(yaml.dump(method_configs["nerfacto"]), "utf8")
+    with pytest.raises(NotANifrModelError, match="nerfacto"):
+        load_pipeline(config_path)
+    with pytest.raises(FileNotFoundError, match="missing.yml"):
+        load_pipeline(tmp_path / "missing.yml")
