@@ -1,22 +1,26 @@
 """Training batches for the contrastive losses: whole images plus pixel groups per image.
 
 Each batch holds a few overlapping training images (an anchor and some of its nearest
-views), whole, for the image encoder, and a group of random pixels per image whose rays
-are rendered. Pixels of one image are each other's negatives; the other images of the
-batch give the cross-view pairs.
+views), whole, for the image encoder, and a group of pixels per image (in small clusters)
+whose rays are rendered. Pixels of one image are each other's negatives; the other images
+of the batch give the cross-view pairs. When the dataset has depth maps (the synthetic
+scene, 7-Scenes), the depth at the sampled pixels comes along for the optional depth loss.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Tuple, Type
+from typing import Dict, Optional, Tuple, Type
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 
 
 @dataclass
@@ -28,6 +32,11 @@ class NifrDataManagerConfig(VanillaDataManagerConfig):
     """Images per batch (the anchor and images drawn from its nearest views)."""
     neighbour_pool: int = 6
     """The other images of a batch are drawn from the anchor's this many nearest views."""
+    cluster_size: int = 8
+    """Pixels are drawn in clusters of this many around random centres, so every pixel has
+    negatives a few pixels away: they teach the features to tell neighbours apart."""
+    cluster_radius: int = 4
+    """Largest offset (pixels) of a cluster's pixels from its centre."""
     # the total number of rays stays train_num_rays_per_batch, split evenly between the images
 
 
@@ -45,6 +54,7 @@ class NifrDataManager(VanillaDataManager):
         self.train_image_idx: Tensor = images["image_idx"]  # (N,) dataset index of each cached image
         self.neighbours = nearest_views(self.train_dataset.cameras.camera_to_worlds[self.train_image_idx])
         self.generator = torch.Generator().manual_seed(0)
+        self.train_depths = load_depths(self.train_dataparser_outputs, self.train_image_idx, self.train_images.shape[1:3])
 
     @property
     def pixels_per_image(self) -> int:
@@ -64,9 +74,8 @@ class NifrDataManager(VanillaDataManager):
         which = self.sample_images()
         images = self.train_images[which]
         g, h, w = images.shape[:3]
-        n = self.pixels_per_image
-        y = torch.randint(h, (g, n), generator=self.generator)
-        x = torch.randint(w, (g, n), generator=self.generator)
+        y, x = self.sample_pixels(g, h, w)
+        n = y.shape[1]
         camera_idx = self.train_image_idx[which].long()
         indices = torch.stack([camera_idx[:, None].expand(g, n), y, x], dim=-1).reshape(-1, 3)
         ray_bundle = self.train_ray_generator(indices.to(self.device))
@@ -77,7 +86,21 @@ class NifrDataManager(VanillaDataManager):
             "uv": torch.stack([x, y], dim=-1).float() + 0.5,  # (G, N, 2) pixel centres
             "cameras": self.train_dataset.cameras[camera_idx].to(self.device),
         }
+        if self.train_depths is not None:
+            batch["depth"] = self.train_depths[which][torch.arange(g)[:, None], y, x].reshape(-1)
         return ray_bundle, batch
+
+    def sample_pixels(self, g: int, h: int, w: int) -> Tuple[Tensor, Tensor]:
+        """(G, N) rows and columns: clusters of pixels around random centres."""
+        size, r = self.config.cluster_size, self.config.cluster_radius
+        clusters = max(1, self.pixels_per_image // size)
+        centre_y = torch.randint(h, (g, clusters, 1), generator=self.generator)
+        centre_x = torch.randint(w, (g, clusters, 1), generator=self.generator)
+        offsets = torch.randint(-r, r + 1, (2, g, clusters, size), generator=self.generator)
+        offsets[:, :, :, 0] = 0  # the centre itself
+        y = (centre_y + offsets[0]).clamp(0, h - 1).reshape(g, -1)
+        x = (centre_x + offsets[1]).clamp(0, w - 1).reshape(g, -1)
+        return y, x
 
 
 def nearest_views(c2w: Tensor) -> Tensor:
@@ -94,3 +117,18 @@ def nearest_views(c2w: Tensor) -> Tensor:
     cost = torch.cdist(centres, centres) / spread + (1.0 - axes @ axes.T)
     cost.fill_diagonal_(float("inf"))
     return cost.argsort(dim=1)[:, :-1]
+
+
+def load_depths(outputs: DataparserOutputs, image_idx: Tensor, hw: Tuple[int, int]) -> Optional[Tensor]:
+    """z-depth maps of the cached images in nerfstudio's scaled units, (N, H, W), 0 = unknown; None without depth."""
+    filenames = outputs.metadata.get("depth_filenames")
+    if not filenames:
+        return None
+    scale = outputs.metadata.get("depth_unit_scale_factor", 1e-3) * outputs.dataparser_scale
+    depths = []
+    for i in image_idx.tolist():
+        depth = np.asarray(Image.open(filenames[i]), dtype=np.float32) * scale
+        if depth.shape != tuple(hw):
+            raise ValueError(f"{filenames[i]}: depth is {depth.shape[1]}x{depth.shape[0]}, its image {hw[1]}x{hw[0]}")
+        depths.append(torch.from_numpy(depth))
+    return torch.stack(depths)

@@ -56,7 +56,7 @@ def nifr_small_config() -> TrainerConfig:
     Tri-plane encodings instead of the pure-torch hash grid, one proposal network, few
     samples per ray and small images in memory.
     """
-    iters = 3000
+    iters = 2000
     triplane = EncodingConfig(kind="triplane", resolutions=(64, 128, 256), features_per_level=8)
     return TrainerConfig(
         method_name="nifr-small",
@@ -77,7 +77,8 @@ def nifr_small_config() -> TrainerConfig:
                 average_init_density=0.01,
                 implementation="torch",
                 density_encoding=triplane,
-                feature_encoding=EncodingConfig(kind="triplane", resolutions=(32, 64, 128), features_per_level=8),
+                feature_encoding=triplane,
+                depth_loss_mult=0.5,
                 proposal_encodings=(EncodingConfig(kind="triplane", resolutions=(32, 64), features_per_level=4),),
                 num_proposal_iterations=1,
                 num_proposal_samples_per_ray=(48,),

@@ -29,8 +29,10 @@ from nerfstudio.utils import colormaps
 
 from nifr_ns import checkpoints, losses
 from nifr_ns.encoder import ImageEncoderConfig, sample_features
-from nifr_ns.geometry import opengl_c2w_to_T_cw
 from nifr_ns.field import FEATURE, EncodingConfig, NifrField, ProposalDensityField
+from nifr_ns.geometry import opengl_c2w_to_T_cw
+from nifr_ns.metrics import match_accuracy
+from nifr_ns.visualization import FeaturePCA
 
 checkpoints.allow_numpy_scalars()
 
@@ -90,6 +92,8 @@ class NifrModelConfig(NerfactoModelConfig):
     """Encoder feature closer to the 3D feature at the rendered surface than to features off it."""
     ranking_margin: float = 0.2
     """Similarity margin between the surface and the farthest sample of a ray."""
+    depth_loss_mult: float = 0.0
+    """L1 between rendered and sensor z-depth, where the dataset has depth (0: off, the geometry comes from RGB alone)."""
     geometry_warmup_steps: int = 300
     """The depth-dependent losses (multi-view, ranking) start once the geometry has had this many steps."""
 
@@ -157,6 +161,13 @@ class NifrModel(NerfactoModel):
         self.step = 0
         self.encoder = replace(cfg.encoder, feature_dim=cfg.feature_dim).setup()
         self.prototypes = Parameter(torch.randn(cfg.num_prototypes, cfg.feature_dim))
+        self.feature_pca = FeaturePCA(cfg.feature_dim)
+
+        from nerfstudio.viewer.viewer_elements import ViewerButton  # the viewer's GUI stack, only when built
+
+        self.refresh_pca_button = ViewerButton(
+            name="Refresh feature PCA colours", cb_hook=lambda _: self.feature_pca.reset()
+        )
 
         from torchmetrics.functional import structural_similarity_index_measure
         from torchmetrics.image import PeakSignalNoiseRatio
@@ -185,6 +196,8 @@ class NifrModel(NerfactoModel):
         }
         with torch.no_grad():
             outputs["depth"] = self.renderer_depth(weights=weights, ray_samples=ray_samples)
+        if not self.training:
+            outputs["feature_pca"] = self.feature_pca(outputs["feature"])
         if self.training:
             outputs["weights_list"] = weights_list
             outputs["ray_samples_list"] = ray_samples_list
@@ -193,6 +206,7 @@ class NifrModel(NerfactoModel):
             t_mid = ((ray_samples.frustums.starts + ray_samples.frustums.ends) / 2)[..., 0]
             outputs["sample_distance"] = (t_mid - outputs["expected_depth"].detach()).abs()
             outputs["points"] = (ray_bundle.origins + ray_bundle.directions * outputs["expected_depth"]).detach()
+            outputs["z_depth"] = outputs["expected_depth"][..., 0] / ray_bundle.metadata["directions_norm"][..., 0]
         for i in range(self.config.num_proposal_iterations):
             outputs[f"prop_depth_{i}"] = self.renderer_depth(weights=weights_list[i], ray_samples=ray_samples_list[i])
         return outputs
@@ -201,6 +215,8 @@ class NifrModel(NerfactoModel):
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
         if self.training and "full_images" in batch:
             loss_dict.update(self.feature_losses(outputs, batch))
+        if self.training and "depth" in batch and self.config.depth_loss_mult > 0:
+            loss_dict["depth_loss"] = self.config.depth_loss_mult * depth_loss(outputs["z_depth"], batch["depth"].to(self.device))
         return loss_dict
 
     def feature_losses(self, outputs: Dict, batch: Dict) -> Dict[str, Tensor]:
@@ -291,7 +307,11 @@ class NifrModel(NerfactoModel):
         gt = torch.moveaxis(gt_rgb, -1, 0)[None]
         pred = torch.moveaxis(predicted_rgb, -1, 0)[None]
         metrics = {"psnr": float(self.psnr(gt, pred).item()), "ssim": float(self.ssim(gt, pred))}
+        with torch.no_grad():
+            fine = self.encoder(gt)[-1][0]
+        metrics.update(match_accuracy(fine, outputs["feature"]))
         images = {
+            "feature_pca": torch.cat([self.feature_pca(fine.permute(1, 2, 0)), outputs["feature_pca"]], dim=1),
             "img": torch.cat([gt_rgb, predicted_rgb], dim=1),
             "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
             "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
@@ -310,3 +330,9 @@ def render_features(features: Tensor, weights: Tensor) -> Tensor:
     """
     return torch.nn.functional.normalize((weights * features).sum(dim=-2), dim=-1)
 
+
+
+def depth_loss(z_depth: Tensor, sensor: Tensor) -> Tensor:
+    """Mean absolute z-depth error (R,) vs (R,) over pixels with a known depth (sensor > 0)."""
+    valid = sensor > 0
+    return ((z_depth - sensor).abs() * valid).sum() / valid.sum().clamp_min(1)

@@ -61,3 +61,41 @@ def test_loading_another_method_is_refused(tmp_path: Path) -> None:
         load_pipeline(config_path)
     with pytest.raises(FileNotFoundError, match="missing.yml"):
         load_pipeline(tmp_path / "missing.yml")
+
+
+def test_a_few_iterations_lower_the_contrastive_loss(tiny_scene) -> None:
+    config = tiny_training_config(tiny_scene.out, Path("unused"), 30)
+    torch.manual_seed(0)
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    model, datamanager = pipeline.model, pipeline.datamanager
+    ray_bundle, batch = datamanager.next_train(0)
+    params = [p for group in model.get_param_groups().values() for p in group]
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+
+    def contrastive() -> torch.Tensor:
+        return model.get_loss_dict(model(ray_bundle), batch)["contrastive_loss"]
+
+    model.encoder.config.augment.enabled = False  # the same batch must see the same encoder input
+    before = contrastive().item()
+    for _ in range(30):
+        optimizer.zero_grad()
+        contrastive().backward()
+        optimizer.step()
+    assert contrastive().item() < 0.8 * before
+
+
+def test_trained_features_match_the_right_pixel(loaded) -> None:
+    """Encoder features of a training view find their pixel among the features rendered at its pose."""
+    from nifr_ns.metrics import match_accuracy
+
+    _, pipeline = loaded
+    dataset = pipeline.datamanager.train_dataset
+    scores = []
+    for index in range(0, len(dataset), 6):
+        with torch.no_grad():
+            rendered = pipeline.model.get_outputs_for_camera(dataset.cameras[index : index + 1])["feature"]
+            image = dataset[index]["image"][..., :3].permute(2, 0, 1)[None]
+            fine = pipeline.model.encoder(image)[-1][0]
+        scores.append(match_accuracy(fine, rendered, num_pixels=256)["match_3px"])
+    # chance is about 29 / (64 * 48) = 1 %
+    assert sum(scores) / len(scores) > 0.3, scores

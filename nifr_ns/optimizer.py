@@ -1,0 +1,286 @@
+"""The Levenberg-Marquardt pose solver: feature-metric (or photometric) alignment on SE(3).
+
+Owns one solve at one pyramid level: given 3D points with target features (rendered from the
+field) and the query's feature map, it moves the query camera until the map, sampled at the
+points' projections, matches the targets. What the features are (encoder features, RGB for the
+photometric baseline) does not matter here; rendering, coarse-to-fine and re-rendering are the
+driver's (``refinement.py``).
+
+The problem, for points X_i (N, 3), targets f_i (N, D) and per-point weights w_i:
+
+    r_i(T) = F(pi(T X_i)) - f_i,    cost(T) = sum_i w_i rho(|r_i|^2) / sum_i w_i,
+
+with F the bilinearly interpolated feature map. A point out of view at T (behind the camera, or
+outside the map) is charged as a random match, rho(s_out) with s_out the mean squared distance
+between a target and a feature of the map (their variances plus the distance of their means,
+which stays large when the two sides disagree as a whole): the cost is then one function of the
+pose over a fixed set of points, so costs at any two poses compare fairly; and a point that
+leaves the view costs about what a mismatch costs, so the solver gains little by pushing badly
+matched points out of view and pays little for a point that truly leaves it.
+
+Poses are updated on the left, T <- exp(xi) T, with xi = (omega, v) as in ``geometry.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from nifr_ns.geometry import point_pose_jacobian, project, project_jacobian, se3_exp, transform_points
+
+# geometry.project is exact only for depths beyond this.
+_MIN_DEPTH = 1e-6
+
+
+@dataclass
+class LMConfig:
+    """Robust cost and Levenberg-Marquardt schedule."""
+
+    max_iterations: int = 30
+    """Most steps (accepted + rejected) per call."""
+    robust: Literal["cauchy", "huber", "l2"] = "cauchy"
+    robust_scale: float = 0.1
+    """c: residual norm where the robust loss departs from l2; cauchy rho(s) = c^2 log(1 + s / c^2)
+    for squared residual norms s. Also the inlier threshold (|r| < c)."""
+    lambda_init: float = 1e-2
+    """Marquardt damping: the step solves (H + lambda diag(H)) delta = -g."""
+    lambda_factor: float = 10.0
+    """lambda is divided by this after an accepted step and multiplied after a rejected one."""
+    lambda_max: float = 1e6
+    """Give up (not converged) when lambda exceeds this: no step decreases the cost."""
+    step_tolerance: float = 1e-6
+    """Converged when the update's norm (radians and scene units together) is below this."""
+    cost_tolerance: float = 1e-7
+    """Converged when an accepted step decreases the cost by less than this fraction."""
+
+
+@dataclass
+class LMResult:
+    """Outcome of one solve."""
+
+    T_cw: Tensor
+    """(4, 4) refined world-to-camera pose, OpenCV axes, in the input's dtype and device."""
+    initial_cost: float
+    """Cost at the initial pose (see the module docstring)."""
+    final_cost: float
+    """Cost at the final pose; never above initial_cost."""
+    iterations: int
+    """Steps taken, accepted and rejected."""
+    inlier_ratio: float
+    """Share of the points in view at the final pose whose residual norm is below robust_scale."""
+    converged: bool
+    """Stopped by step_tolerance or cost_tolerance (not by max_iterations or lambda_max)."""
+    num_valid: int
+    """Points in view at the final pose."""
+    cost_history: list[float] = field(default_factory=list)
+    """Cost at the current pose initially and after each step; a rejected step repeats the
+    previous value."""
+
+
+def sample_with_gradient(fmap: Tensor, uv: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Bilinear samples of a feature map at full-resolution pixel coordinates, with their gradient.
+
+    fmap (D, h, w) may be coarser than the image (H, W) = image_hw; it covers the whole image, so
+    the same point is at level coordinates uv * (w / W, h / H). Pixel centres sit at half-integers,
+    matching ``grid_sample(align_corners=False)`` at x_norm = 2u/W - 1, y_norm = 2v/H - 1.
+
+    Returns (values (N, D), d values / d uv (N, D, 2) in full-resolution pixel units, valid (N,)),
+    in the promoted dtype of fmap and uv. Valid points have all four neighbours inside the map;
+    the others get finite values and gradients (clamped to the border cell) that mean nothing.
+    """
+    _, h, w = fmap.shape
+    H, W = image_hw
+    scale_x, scale_y = w / W, h / H
+    # Continuous indices into the level, where the centre of element (i, j) is at (x, y) = (j, i).
+    x = uv[:, 0] * scale_x - 0.5
+    y = uv[:, 1] * scale_y - 0.5
+    valid = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+    x0 = x.floor().clamp(0, w - 2)
+    y0 = y.floor().clamp(0, h - 2)
+    fx = (x - x0).clamp(0, 1)[:, None]
+    fy = (y - y0).clamp(0, 1)[:, None]
+
+    index = (y0 * w + x0).long()
+    corners = fmap.flatten(1)[:, torch.stack([index, index + 1, index + w, index + w + 1])]  # (D, 4, N)
+    f00, f01, f10, f11 = corners.permute(1, 2, 0).to(torch.promote_types(fmap.dtype, uv.dtype))
+    top = f00 + fx * (f01 - f00)
+    bottom = f10 + fx * (f11 - f10)
+    values = top + fy * (bottom - top)
+    d_dx = (f01 - f00) + fy * ((f11 - f10) - (f01 - f00))
+    grad = torch.stack([d_dx * scale_x, (bottom - top) * scale_y], dim=-1)
+    return values, grad, valid
+
+
+def residual_jacobian(
+    T_cw: Tensor, points: Tensor, targets: Tensor, fmap: Tensor, K: Tensor, image_hw: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Residuals r (N, D) at pose T_cw (4, 4), their Jacobian dr/dxi (N, D, 6) for T <- exp(xi) T_cw
+    at xi = 0, and which points are in view (N,).
+
+    points (N, 3) world, targets (N, D), fmap (D, h, w), K (3, 3) of the full-resolution image.
+    The chain rule: dF/duv (D, 2) @ duv/dX_cam (2, 3) @ dX_cam/dxi (3, 6).
+    """
+    X_cam = transform_points(T_cw, points)
+    uv, z = project(X_cam, K)
+    values, grad, inside = sample_with_gradient(fmap, uv, image_hw)
+    J = grad @ (project_jacobian(X_cam, K) @ point_pose_jacobian(X_cam))
+    return values - targets, J, inside & (z > _MIN_DEPTH)
+
+
+def robust_loss(s: Tensor, config: LMConfig) -> tuple[Tensor, Tensor]:
+    """rho(s) and rho'(s) (the IRLS weight) for squared residual norms s (N,)."""
+    c = config.robust_scale
+    if config.robust == "cauchy":
+        return c**2 * torch.log1p(s / c**2), 1 / (1 + s / c**2)
+    if config.robust == "huber":
+        # rho = 2 c |r| - c^2 beyond |r| = c: continuous, with continuous slope, and linear growth.
+        norm = s.clamp_min(c**2).sqrt()
+        quadratic = s <= c**2
+        return torch.where(quadratic, s, 2 * c * norm - c**2), torch.where(quadratic, 1.0, c / norm)
+    return s, torch.ones_like(s)
+
+
+class _State(NamedTuple):
+    """The problem linearised at one pose."""
+
+    T: Tensor  # (4, 4)
+    cost: float
+    s: Tensor  # (N,) squared residual norms
+    valid: Tensor  # (N,) in view
+    H: Tensor  # (6, 6) Gauss-Newton Hessian, IRLS-weighted
+    g: Tensor  # (6,) gradient
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """The solver's inputs in float64 (fmap stays as it is: its samples are promoted)."""
+
+    points: Tensor  # (N, 3)
+    targets: Tensor  # (N, D)
+    fmap: Tensor  # (D, h, w)
+    K: Tensor  # (3, 3)
+    image_hw: tuple[int, int]
+    weights: Tensor  # (N,)
+    config: LMConfig
+    rho_out: Tensor  # () cost of a point out of view
+
+    @classmethod
+    def build(
+        cls,
+        points: Tensor,
+        targets: Tensor,
+        fmap: Tensor,
+        K: Tensor,
+        image_hw: tuple[int, int],
+        weights: Tensor | None,
+        config: LMConfig,
+    ) -> _Problem:
+        f64 = torch.float64
+        targets = targets.to(f64)
+        weights = torch.ones(len(points), dtype=f64, device=points.device) if weights is None else weights.to(f64)
+        # a random match: the mean squared distance between a target and a feature of the map
+        map_features = fmap.reshape(fmap.shape[0], -1).T.to(f64)
+        s_out = (
+            targets.var(0, unbiased=False).sum()
+            + map_features.var(0, unbiased=False).sum()
+            + (targets.mean(0) - map_features.mean(0)).square().sum()
+        )
+        rho_out = robust_loss(s_out, config)[0]
+        return cls(points.to(f64), targets, fmap, K.to(f64), tuple(image_hw), weights, config, rho_out)
+
+    def evaluate(self, T: Tensor) -> _State:
+        r, J, valid = residual_jacobian(T, self.points, self.targets, self.fmap, self.K, self.image_hw)
+        s = (r * r).sum(-1)
+        rho, rho_prime = robust_loss(s, self.config)
+        total = self.weights.sum()
+        cost = float((self.weights * torch.where(valid, rho, self.rho_out)).sum() / total) if total > 0 else math.inf
+        point_weights = torch.where(valid, self.weights * rho_prime, 0.0)
+        # One row per residual entry, (N * D, 6): plain matrix products, much faster than einsum here.
+        J_rows, weighted_rows = J.flatten(0, 1), (point_weights[:, None, None] * J).flatten(0, 1)
+        H = weighted_rows.T @ J_rows
+        g = weighted_rows.T @ r.flatten()
+        return _State(T, cost, s, valid, H, g)
+
+
+def _damped_step(H: Tensor, g: Tensor, lam: float) -> Tensor | None:
+    """The LM update delta (6,) solving (H + lam diag(H)) delta = -g, or None if singular."""
+    diagonal = H.diagonal()
+    # A floor keeps directions the points do not constrain (diag(H) ~ 0) damped too.
+    damping = lam * diagonal.clamp_min(1e-9 * float(diagonal.max()))
+    delta, info = torch.linalg.solve_ex(H + torch.diag(damping), -g)
+    return delta if int(info) == 0 and bool(torch.isfinite(delta).all()) else None
+
+
+def lm_refine(
+    T_cw_init: Tensor,
+    points: Tensor,
+    targets: Tensor,
+    fmap: Tensor,
+    K: Tensor,
+    image_hw: tuple[int, int],
+    config: LMConfig | None = None,
+    weights: Tensor | None = None,
+) -> LMResult:
+    """Refine T_cw_init (4, 4) so that fmap (D, h, w) sampled at the projections of points (N, 3)
+    matches targets (N, D); K (3, 3) and image_hw (H, W) are the full-resolution camera's;
+    weights (N,) >= 0 scale each point's cost (e.g. rendered opacity). The inputs may be float32
+    or float64 (all of one dtype and device except fmap); the solve runs in float64, with fmap
+    kept as it is and its samples promoted.
+    """
+    config = config or LMConfig()
+    problem = _Problem.build(points, targets, fmap, K, image_hw, weights, config)
+    start = state = problem.evaluate(T_cw_init.to(torch.float64))
+    history = [state.cost]
+    lam, iterations, converged = config.lambda_init, 0, False
+
+    while state.valid.any() and iterations < config.max_iterations:
+        delta = _damped_step(state.H, state.g, lam)
+        if delta is not None and float(delta.norm()) < config.step_tolerance:
+            converged = True
+            break
+        iterations += 1
+        trial = None if delta is None else problem.evaluate(se3_exp(delta) @ state.T)
+        if trial is not None and trial.cost < state.cost:
+            small_decrease = state.cost - trial.cost < config.cost_tolerance * state.cost
+            state, lam = trial, lam / config.lambda_factor
+            history.append(state.cost)
+            if small_decrease:
+                converged = True
+                break
+        else:
+            lam *= config.lambda_factor
+            history.append(state.cost)
+            if lam > config.lambda_max:
+                break
+
+    num_valid = int(state.valid.sum())
+    inliers = state.valid & (state.s < config.robust_scale**2)
+    return LMResult(
+        T_cw=state.T.to(T_cw_init),
+        initial_cost=start.cost,
+        final_cost=state.cost,
+        iterations=iterations,
+        inlier_ratio=int(inliers.sum()) / num_valid if num_valid else 0.0,
+        converged=converged,
+        num_valid=num_valid,
+        cost_history=history,
+    )
+
+
+def cost_at(
+    T_cw: Tensor,
+    points: Tensor,
+    targets: Tensor,
+    fmap: Tensor,
+    K: Tensor,
+    image_hw: tuple[int, int],
+    config: LMConfig | None = None,
+    weights: Tensor | None = None,
+) -> float:
+    """The cost lm_refine minimises, at T_cw (4, 4); arguments as for lm_refine."""
+    problem = _Problem.build(points, targets, fmap, K, image_hw, weights, config or LMConfig())
+    return problem.evaluate(T_cw.to(torch.float64)).cost

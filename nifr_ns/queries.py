@@ -1,0 +1,95 @@
+"""Query sets: images to localise, their intrinsics, initial poses and optional ground truth.
+
+Everything is checked before any work starts (files, names, image sizes), so that a bad
+input fails at once with a message naming the file and writes nothing; images are read
+one at a time when refined, so large query sets do not fill the memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Literal, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nifr_ns.geometry import perturb_pose
+from nifr_ns.pose_io import Intrinsics, PoseSet, read_poses
+
+InitMode = Literal["file", "perturb", "retrieval"]
+
+
+class QueryError(ValueError):
+    """A query set that cannot be used as given."""
+
+
+@dataclass
+class Query:
+    name: str
+    image_path: Path
+    intrinsics: Intrinsics
+    T_cw_file: np.ndarray
+    """The pose given in the queries file (world-to-camera, world frame)."""
+    T_cw_gt: Optional[np.ndarray] = None
+
+    def load_image(self) -> torch.Tensor:
+        """(H, W, 3) float in [0, 1]."""
+        with Image.open(self.image_path) as image:
+            return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+
+
+@dataclass
+class QuerySet:
+    queries: List[Query]
+    poses: PoseSet
+    """The queries file as read: refined poses are written in its form."""
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return all(q.T_cw_gt is not None for q in self.queries)
+
+
+def load_query_set(
+    queries: Path,
+    intrinsics: Optional[Path] = None,
+    ground_truth: Optional[Path] = None,
+    ground_truth_intrinsics: Optional[Path] = None,
+    image_root: Optional[Path] = None,
+    limit: Optional[int] = None,
+) -> QuerySet:
+    """Reads and validates a query set. Raises pose_io.PoseFileError or QueryError, naming the file."""
+    poses = read_poses(queries, intrinsics=intrinsics, image_root=image_root)
+    gt = None
+    if ground_truth is not None:
+        gt = read_poses(ground_truth, intrinsics=ground_truth_intrinsics or intrinsics, image_root=image_root)
+        missing = [name for name in poses.names if name not in set(gt.names)]
+        if missing:
+            raise QueryError(f"{ground_truth}: no ground truth for {len(missing)} queries, e.g. '{missing[0]}'")
+    result = []
+    for item in list(poses)[:limit]:
+        path = poses.root / item.name
+        if not path.is_file():
+            raise QueryError(f"{queries}: image '{item.name}' not found at {path}")
+        with Image.open(path) as image:
+            size = image.size
+        if size != (item.intrinsics.width, item.intrinsics.height):
+            raise QueryError(
+                f"{path}: image is {size[0]}x{size[1]} but its intrinsics say "
+                f"{item.intrinsics.width}x{item.intrinsics.height}"
+            )
+        T_gt = gt.by_name(item.name).T_cw if gt is not None else None
+        result.append(Query(item.name, path, item.intrinsics, item.T_cw, T_gt))
+    if not result:
+        raise QueryError(f"{queries}: no queries")
+    return QuerySet(result, poses)
+
+
+def perturbed_poses(query_set: QuerySet, rot_deg: float, trans: float, seed: int = 0) -> List[np.ndarray]:
+    """Ground truth moved by exactly ``rot_deg`` degrees and ``trans`` units, in random directions."""
+    if not query_set.has_ground_truth:
+        raise QueryError("--init perturb needs --ground-truth")
+    rng = np.random.default_rng(seed)
+    return [perturb_pose(q.T_cw_gt, rot_deg, trans, rng) for q in query_set.queries]
+

@@ -1,0 +1,269 @@
+"""Camera pose refinement of query images against a trained nifr model.
+
+Owns the driver around the LM solver (``optimizer.py``): encode the query once; coarse to
+fine over the encoder's levels, render depth, features and opacity at the current pose on
+a low-resolution grid, lift the opaque pixels to 3D and align the query's features at their
+projections with the rendered ones; re-render a few times per level so visibility follows
+the pose. Also the photometric mode (RGB instead of features, same solver) and the
+render-and-compare mode (gradients through the renderer, iNeRF-style) for comparison.
+
+Poses come in and go out in the user's world frame; the solver works in nerfstudio's
+normalised frame, through the model's ``DataparserTransform``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Literal, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.pipelines.base_pipeline import Pipeline
+
+from nifr_ns.encoder import sample_features
+from nifr_ns.geometry import T_cw_to_opengl_c2w, opengl_c2w_to_T_cw, se3_exp
+from nifr_ns.optimizer import LMConfig, lm_refine
+from nifr_ns.pose_io import DataparserTransform, Intrinsics
+
+Mode = Literal["features", "photometric", "render-compare"]
+
+
+@dataclass
+class RefineConfig:
+    """How queries are refined."""
+
+    mode: Mode = "features"
+    """features: feature-metric LM (the method); photometric: the same solver on RGB;
+    render-compare: gradient descent through the renderer on features (iNeRF-style)."""
+    render_strides: Tuple[int, ...] = (8, 4, 4)
+    """Stride of the rendered grid for each encoder level, coarse to fine (pixels of the query)."""
+    renders_per_level: int = 2
+    """Renders (each followed by an LM run) per level, so visibility follows the pose."""
+    min_accumulation: float = 0.9
+    """Rendered pixels less opaque than this are not lifted."""
+    lm: LMConfig = field(default_factory=LMConfig)
+    """The Levenberg-Marquardt solver."""
+    render_compare_steps: int = 100
+    """render-compare: Adam steps."""
+    render_compare_rays: int = 512
+    """render-compare: rays rendered per step."""
+    render_compare_lr: float = 2e-3
+    """render-compare: Adam learning rate on the pose increment (radians / normalised units)."""
+
+
+@dataclass
+class QueryResult:
+    """The outcome for one query; poses are world-to-camera in the user's world frame."""
+
+    name: str
+    T_cw_init: np.ndarray
+    T_cw: np.ndarray
+    initial_cost: float
+    final_cost: float
+    inlier_ratio: float
+    iterations: int
+    converged: bool
+    improved: bool
+    """False when the cost did not decrease: T_cw is then the initial pose (flagged, not made worse)."""
+    seconds: float
+
+    def report(self) -> Dict:
+        return {
+            "name": self.name,
+            "initial_cost": self.initial_cost,
+            "final_cost": self.final_cost,
+            "inlier_ratio": self.inlier_ratio,
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "improved": self.improved,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class Rendering:
+    """Opaque pixels of a grid rendered at a pose, lifted to 3D (nerfstudio frame)."""
+
+    points: Float[Tensor, "M 3"]
+    features: Float[Tensor, "M D"]
+    rgb: Float[Tensor, "M 3"]
+    feature_image: Float[Tensor, "h w D"]
+
+
+class PoseRefiner:
+    """Refines query poses against one trained nifr pipeline."""
+
+    def __init__(self, pipeline: Pipeline, transform: DataparserTransform, config: RefineConfig) -> None:
+        self.model = pipeline.model
+        self.model.eval()
+        self.transform = transform
+        self.config = config
+        self.device = self.model.device
+        if len(config.render_strides) != len(self.model.encoder.config.strides):
+            raise ValueError(
+                f"render_strides has {len(config.render_strides)} entries, the encoder "
+                f"{len(self.model.encoder.config.strides)} levels"
+            )
+
+    # frames -------------------------------------------------------------------------------
+    def to_nerfstudio(self, T_cw_world: np.ndarray) -> Tensor:
+        """World-frame T_cw -> T_cw in nerfstudio's frame, (4, 4) float64."""
+        return torch.from_numpy(opengl_c2w_to_T_cw(self.transform.T_cw_to_nerfstudio_c2w(T_cw_world)))
+
+    def to_world(self, T_cw_ns: Tensor) -> np.ndarray:
+        return self.transform.nerfstudio_c2w_to_T_cw(T_cw_to_opengl_c2w(T_cw_ns.detach().cpu().double().numpy()))
+
+    # rendering ----------------------------------------------------------------------------
+    def camera(self, T_cw_ns: Tensor, intrinsics: Intrinsics, stride: int) -> Cameras:
+        c2w = torch.from_numpy(T_cw_to_opengl_c2w(T_cw_ns.detach().cpu().double().numpy())[:3]).float()
+        return Cameras(
+            camera_to_worlds=c2w[None],
+            fx=intrinsics.fx / stride,
+            fy=intrinsics.fy / stride,
+            cx=intrinsics.cx / stride,
+            cy=intrinsics.cy / stride,
+            width=max(1, round(intrinsics.width / stride)),
+            height=max(1, round(intrinsics.height / stride)),
+        ).to(self.device)
+
+    @torch.no_grad()
+    def render(self, T_cw_ns: Tensor, intrinsics: Intrinsics, stride: int) -> Rendering:
+        rays = self.camera(T_cw_ns, intrinsics, stride).generate_rays(camera_indices=0)
+        out = self.model.get_outputs_for_camera_ray_bundle(rays)
+        points = rays.origins + rays.directions * out["depth"]
+        valid = out["accumulation"][..., 0] >= self.config.min_accumulation
+        return Rendering(points[valid], out["feature"][valid], out["rgb"][valid], out["feature"])
+
+    @torch.no_grad()
+    def encode_features(self, image: Float[Tensor, "H W 3"]) -> List[Float[Tensor, "D h w"]]:
+        """The image's feature pyramid, coarse to fine."""
+        return [level[0] for level in self.model.encoder(image.permute(2, 0, 1)[None].to(self.device))]
+
+    def encode(self, image: Float[Tensor, "H W 3"]) -> List[Float[Tensor, "D h w"]]:
+        """What the solver aligns: the feature pyramid, or (photometric) the RGB at the same scales."""
+        if self.config.mode != "photometric":
+            return self.encode_features(image)
+        chw = image.permute(2, 0, 1)[None].to(self.device)
+        return [F.avg_pool2d(chw, s, ceil_mode=True)[0] if s > 1 else chw[0] for s in self.model.encoder.config.strides]
+
+    # refinement ---------------------------------------------------------------------------
+    def refine(
+        self, name: str, image: Float[Tensor, "H W 3"], intrinsics: Intrinsics, inits: List[np.ndarray]
+    ) -> QueryResult:
+        """Refines each initial pose (world frame) and keeps the one of lowest final cost."""
+        if any(abs(v) > 0 for v in intrinsics.distortion.values()):
+            raise ValueError(f"{name}: distorted cameras are not supported; undistort the query images first")
+        start = time.perf_counter()
+        levels = self.encode(image)
+        results = [self.refine_one(name, levels, intrinsics, T) for T in inits]
+        best = min(results, key=lambda r: r.final_cost)
+        best.seconds = time.perf_counter() - start
+        return best
+
+    def refine_one(self, name: str, levels: List[Tensor], intrinsics: Intrinsics, T_cw_init: np.ndarray) -> QueryResult:
+        K = torch.from_numpy(intrinsics.K()).to(self.device, torch.float64)
+        hw = (intrinsics.height, intrinsics.width)
+        T_init = self.to_nerfstudio(T_cw_init).to(self.device)
+        converged = True  # render-compare runs a fixed number of steps
+        if self.config.mode == "render-compare":
+            T, iterations = self.render_and_compare(levels[-1], intrinsics, T_init), self.config.render_compare_steps
+        else:
+            T, iterations = T_init.clone(), 0
+            for fmap, stride in zip(levels, self.config.render_strides):
+                for _ in range(self.config.renders_per_level):
+                    rendering = self.render(T, intrinsics, stride)
+                    if len(rendering.points) < 6:
+                        break
+                    result = lm_refine(T, *self.targets(rendering), fmap, K, hw, self.config.lm)
+                    T, iterations, converged = result.T_cw, iterations + result.iterations, result.converged
+        # judge both poses by the same measure: the finest level, rendered at each pose
+        initial_cost, _ = self.cost(T_init, levels[-1], intrinsics, K, hw)
+        final_cost, inlier_ratio = self.cost(T, levels[-1], intrinsics, K, hw)
+        improved = final_cost < initial_cost
+        return QueryResult(
+            name=name,
+            T_cw_init=T_cw_init,
+            T_cw=self.to_world(T) if improved else T_cw_init,
+            initial_cost=initial_cost,
+            final_cost=final_cost if improved else initial_cost,
+            inlier_ratio=inlier_ratio,
+            iterations=iterations,
+            converged=converged and improved,
+            improved=improved,
+            seconds=0.0,
+        )
+
+    def targets(self, rendering: Rendering) -> Tuple[Tensor, Tensor]:
+        values = rendering.rgb if self.config.mode == "photometric" else rendering.features
+        return rendering.points.double(), values.double()
+
+    def cost(self, T: Tensor, fmap: Tensor, intrinsics: Intrinsics, K: Tensor, hw: Tuple[int, int]) -> Tuple[float, float]:
+        """Robust cost and inlier ratio of the fine level at pose T (rendered there); inf if nothing is visible."""
+        rendering = self.render(T, intrinsics, self.config.render_strides[-1])
+        if len(rendering.points) < 6:
+            return float("inf"), 0.0
+        # zero iterations: the solver's own cost and inlier ratio at T
+        result = lm_refine(T, *self.targets(rendering), fmap, K, hw, replace(self.config.lm, max_iterations=0))
+        return result.initial_cost, result.inlier_ratio
+
+    def render_and_compare(self, fmap: Tensor, intrinsics: Intrinsics, T_init: Tensor) -> Tensor:
+        """iNeRF-style: Adam on a pose increment, rendering random rays through the field each step."""
+        xi = torch.zeros(6, dtype=torch.float64, device=self.device, requires_grad=True)
+        optimizer = torch.optim.Adam([xi], lr=self.config.render_compare_lr)
+        h, w = intrinsics.height, intrinsics.width
+        K_inv = torch.linalg.inv(torch.from_numpy(intrinsics.K())).to(self.device)
+        for _ in range(self.config.render_compare_steps):
+            uv = torch.rand(self.config.render_compare_rays, 2, device=self.device, dtype=torch.float64)
+            uv = uv * torch.tensor([w, h], device=self.device, dtype=torch.float64)
+            query = sample_features(fmap[None].double(), uv[None], (h, w))[0]
+            T = se3_exp(xi) @ T_init
+            rendered = self.render_rays(T, K_inv, uv)
+            loss = (1.0 - (rendered.double() * query).sum(-1)).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return (se3_exp(xi) @ T_init).detach()
+
+    def render_rays(self, T_cw: Tensor, K_inv: Tensor, uv: Tensor) -> Tensor:
+        """Rendered features of pixels ``uv`` at pose ``T_cw``, differentiable w.r.t. the pose."""
+        from nerfstudio.cameras.rays import RayBundle
+
+        R_wc = T_cw[:3, :3].T
+        directions = torch.cat([uv, torch.ones_like(uv[:, :1])], -1) @ K_inv.T @ R_wc.T
+        norms = directions.norm(dim=-1, keepdim=True)
+        origins = (-R_wc @ T_cw[:3, 3]).expand_as(directions)
+        bundle = RayBundle(
+            origins=origins.float(),
+            directions=(directions / norms).float(),
+            pixel_area=(1.0 / (K_inv[0, 0] ** -1 * K_inv[1, 1] ** -1) / norms**2).float(),
+            camera_indices=torch.zeros_like(uv[:, :1], dtype=torch.long),
+        )
+        return self.model(bundle)["feature"]
+
+
+class Retrieval:
+    """Nearest training views of a query by a global descriptor pooled from the encoder's coarse level."""
+
+    def __init__(self, refiner: PoseRefiner, dataset) -> None:
+        self.refiner = refiner
+        c2w = dataset.cameras.camera_to_worlds.cpu().double().numpy()
+        self.poses = [refiner.transform.nerfstudio_c2w_to_T_cw(c) for c in c2w]  # world frame
+        self.descriptors = torch.stack(
+            [global_descriptor(refiner.encode_features(dataset[i]["image"][..., :3])[0]) for i in range(len(dataset))]
+        )
+
+    def nearest(self, coarse: Float[Tensor, "D h w"], k: int) -> List[np.ndarray]:
+        """World-frame poses of the k training views most similar to a query's coarse level."""
+        scores = self.descriptors @ global_descriptor(coarse)
+        return [self.poses[i] for i in scores.topk(min(k, len(self.poses))).indices.tolist()]
+
+
+def global_descriptor(coarse: Float[Tensor, "D h w"]) -> Float[Tensor, "E"]:
+    """Features pooled on a 3x4 grid, so the descriptor keeps the image's layout; unit norm."""
+    return F.normalize(F.adaptive_avg_pool2d(coarse[None], (3, 4)).flatten(), dim=0)

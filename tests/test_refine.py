@@ -1,0 +1,161 @@
+"""ns-nifr-refine on the tiny scene: it lowers known pose errors, flags what it cannot improve,
+and refuses bad input without writing anything."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nifr_ns.geometry import invert_pose, pose_errors, unproject
+from nifr_ns.optimizer import LMConfig
+from nifr_ns.pipeline import load_pipeline
+from nifr_ns.queries import load_query_set, perturbed_poses
+from nifr_ns.refinement import PoseRefiner, RefineConfig, Rendering
+from nifr_ns.scripts.refine import RefineCommand, main, model_transform
+from nifr_ns.synth import SynthConfig, generate_scene, render_view
+
+
+@pytest.fixture(scope="module")
+def refiner_factory(trained_tiny: Path):
+    config, pipeline = load_pipeline(trained_tiny)
+    transform = model_transform(config)
+    return lambda refine_config: PoseRefiner(pipeline, transform, refine_config)
+
+
+@pytest.fixture(scope="module")
+def queries(tiny_scene):
+    q = tiny_scene.out / "queries"
+    return load_query_set(q / "init.txt", q / "intrinsics.txt", q / "gt.txt")
+
+
+def refine_all(refiner, query_set, inits):
+    return [refiner.refine(q.name, q.load_image(), q.intrinsics, [T]) for q, T in zip(query_set.queries, inits)]
+
+
+class ExactRenderer(PoseRefiner):
+    """The refiner with the synthetic scene's exact ray caster in place of the learned field."""
+
+    scene = None
+
+    def render(self, T_cw_ns, intrinsics, stride):
+        small = intrinsics.scaled(1 / stride, 1 / stride)
+        rgb, depth = render_view(self.scene, self.to_world(T_cw_ns), small, supersample=1)
+        h, w = depth.shape
+        y, x = np.mgrid[0:h, 0:w] + 0.5
+        uv = torch.from_numpy(np.stack([x, y], -1).reshape(-1, 2))
+        X_cam = unproject(uv, torch.from_numpy(depth.reshape(-1)), torch.from_numpy(small.K()))
+        T_wc = invert_pose(self.to_world(T_cw_ns))
+        X_world = X_cam.numpy() @ T_wc[:3, :3].T + T_wc[:3, 3]
+        points = torch.from_numpy(self.transform.points_to_nerfstudio(X_world))
+        colours = torch.from_numpy(rgb.reshape(-1, 3))
+        return Rendering(points, colours, colours, torch.from_numpy(rgb))
+
+
+def test_refinement_lowers_a_known_pose_error_with_an_exact_renderer(trained_tiny, tmp_path) -> None:
+    """The driver and solver on a real image: photometric alignment against exact geometry and colour."""
+    scene_dir = tmp_path / "scene"
+    info = generate_scene(scene_dir, SynthConfig(preset="tiny", appearance="none", n_queries=6))
+    query_set = load_query_set(scene_dir / "queries" / "gt.txt", scene_dir / "queries" / "intrinsics.txt",
+                               scene_dir / "queries" / "gt.txt")
+    config, pipeline = load_pipeline(trained_tiny)
+    ExactRenderer.scene = info.scene
+    refiner = ExactRenderer(pipeline, model_transform(config), RefineConfig(mode="photometric"))
+    inits = perturbed_poses(query_set, rot_deg=3.0, trans=0.1, seed=1)
+    results = refine_all(refiner, query_set, inits)
+    gt = np.stack([q.T_cw_gt for q in query_set.queries])
+    t1, r1 = pose_errors(np.stack([r.T_cw for r in results]), gt)
+    assert np.median(t1) < 0.05 and np.median(r1) < 1.5, (t1, r1)
+
+
+def test_refinement_with_the_trained_model_never_raises_the_cost(refiner_factory, queries) -> None:
+    inits = perturbed_poses(queries, rot_deg=3.0, trans=0.1, seed=1)
+    for result, init in zip(refine_all(refiner_factory(RefineConfig()), queries, inits), inits):
+        assert result.final_cost <= result.initial_cost
+        if not result.improved:
+            np.testing.assert_array_equal(result.T_cw, init)
+
+
+def test_a_query_that_is_not_improved_keeps_its_initial_pose(refiner_factory, queries) -> None:
+    no_steps = RefineConfig(lm=LMConfig(max_iterations=0))
+    inits = perturbed_poses(queries, rot_deg=3.0, trans=0.1, seed=2)
+    for result, init in zip(refine_all(refiner_factory(no_steps), queries, inits), inits):
+        assert not result.improved and not result.converged
+        np.testing.assert_array_equal(result.T_cw, init)
+
+
+def test_cli_writes_poses_report_metrics_and_figures(trained_tiny, tiny_scene, tmp_path: Path) -> None:
+    q = tiny_scene.out / "queries"
+    out = tmp_path / "out"
+    cmd = RefineCommand(load_config=trained_tiny, queries=q / "init.txt", intrinsics=q / "intrinsics.txt",
+                        ground_truth=q / "gt.txt", output=out, max_queries=2, figures=1)
+    assert main(cmd) == 0
+    assert {"poses.txt", "intrinsics.txt", "report.json", "metrics.md", "errors.png"} <= {p.name for p in out.iterdir()}
+    assert len(list(out.glob("query_*.png"))) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["queries"]) == 2 and "trans_err" in report["queries"][0]
+    assert len((out / "poses.txt").read_text().split("\n")) >= 2
+
+
+def test_cli_writes_transforms_form_for_transforms_queries(trained_tiny, tiny_scene, tmp_path: Path) -> None:
+    q = tiny_scene.out / "queries"
+    out = tmp_path / "out"
+    cmd = RefineCommand(load_config=trained_tiny, queries=q / "init.json", ground_truth=q / "gt.json", output=out,
+                        max_queries=1, figures=0)
+    assert main(cmd) == 0
+    assert json.loads((out / "poses.json").read_text())["frames"][0]["file_path"] == "images/query_0000.png"
+
+
+def copy_queries(tiny_scene, tmp_path: Path) -> Path:
+    target = tmp_path / "queries"
+    shutil.copytree(tiny_scene.out / "queries", target)
+    return target
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing image", "not found"),
+        ("unknown name in ground truth", "no ground truth"),
+        ("bad quaternion", "init.txt:2"),  # line 1 is the header comment
+        ("no intrinsics", "intrinsics"),
+        ("wrong image size", "intrinsics say"),
+        ("not a nifr config", "not a nifr model"),
+    ],
+)
+def test_bad_input_gives_a_clear_error_and_writes_nothing(trained_tiny, tiny_scene, tmp_path, capsys, case, expected) -> None:
+    q = copy_queries(tiny_scene, tmp_path)
+    kwargs = dict(queries=q / "init.txt", intrinsics=q / "intrinsics.txt", ground_truth=q / "gt.txt")
+    config = trained_tiny
+    if case == "missing image":
+        (q / "images" / "query_0001.png").unlink()
+    elif case == "unknown name in ground truth":
+        lines = (q / "gt.txt").read_text().splitlines()
+        (q / "gt.txt").write_text("\n".join(line for line in lines if "query_0002" not in line) + "\n")
+    elif case == "bad quaternion":
+        lines = (q / "init.txt").read_text().splitlines()
+        first = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+        fields = lines[first].split()
+        fields[1:5] = ["2", "0", "0", "0"]
+        lines[first] = " ".join(fields)
+        (q / "init.txt").write_text("\n".join(lines) + "\n")
+    elif case == "no intrinsics":
+        kwargs["intrinsics"] = None
+    elif case == "wrong image size":
+        from PIL import Image
+
+        Image.new("RGB", (10, 10)).save(q / "images" / "query_0000.png")
+    elif case == "not a nifr config":
+        import yaml
+        from nerfstudio.configs.method_configs import method_configs
+
+        config = tmp_path / "config.yml"
+        config.write_text(yaml.dump(method_configs["nerfacto"]))
+    out = tmp_path / "out"
+    assert main(RefineCommand(load_config=config, output=out, **kwargs)) == 2
+    assert expected in capsys.readouterr().out
+    assert not out.exists()
