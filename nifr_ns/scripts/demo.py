@@ -1,6 +1,6 @@
 """ns-nifr-demo: the whole product in one go on the embedded synthetic scene, on a CPU.
 
-synth -> train nifr-small -> evaluate held-out views -> report what to run next.
+synth -> train nifr-small -> evaluate held-out views -> refine the query set -> report.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ CONSOLE = Console()
 
 @dataclass
 class DemoCommand:
-    """Generate the synthetic scene, train nifr-small on it and report, all on the CPU."""
+    """Generate the synthetic scene, train nifr-small on it, refine its queries and report, all on the CPU."""
 
     output: Path = Path("demo_output")
-    """Folder for the scene (output/scene) and the training runs (output/runs)."""
+    """Folder for the scene (output/scene), the training runs (output/runs) and the refinement (output/refine)."""
     preset: Literal["tiny", "default"] = "default"
     """Synthetic scene preset (tiny: a quick smoke run)."""
     seed: int = 0
@@ -56,6 +56,21 @@ def main(command: DemoCommand) -> Path:
         _, pipeline = load_pipeline(config_path, test_mode="val")
         metrics = pipeline.get_average_eval_image_metrics()
 
+    from nifr_ns.scripts.refine import RefineCommand
+    from nifr_ns.scripts.refine import main as refine
+
+    queries = scene / "queries"
+    refine(
+        RefineCommand(
+            load_config=config_path,
+            queries=queries / "init.txt",
+            intrinsics=queries / "intrinsics.txt",
+            ground_truth=queries / "gt.txt",
+            output=command.output / "refine",
+            overwrite=True,
+        )
+    )
+
     table = Table(title="nifr demo", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -63,6 +78,7 @@ def main(command: DemoCommand) -> Path:
     table.add_row("training", f"{config.max_num_iterations} iterations of nifr-small in {train_seconds / 60:.1f} min")
     table.add_row("held-out PSNR", f"{metrics['psnr']:.2f} dB")
     table.add_row("config", str(config_path))
+    table.add_row("refinement", f"{command.output / 'refine'} (poses, report.json, metrics.md, PNGs)")
     table.add_row("view it", f"ns-viewer --load-config {config_path}")
     CONSOLE.print(table)
     return config_path
