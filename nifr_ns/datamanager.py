@@ -32,9 +32,9 @@ class NifrDataManagerConfig(VanillaDataManagerConfig):
     """Images per batch (the anchor and images drawn from its nearest views)."""
     neighbour_pool: int = 6
     """The other images of a batch are drawn from the anchor's this many nearest views."""
-    cluster_size: int = 8
-    """Pixels are drawn in clusters of this many around random centres, so every pixel has
-    negatives a few pixels away: they teach the features to tell neighbours apart."""
+    cluster_size: int = 1
+    """Pixels are drawn in clusters of this many around random centres (1: independently), so
+    every pixel has negatives a few pixels away that teach the features to tell neighbours apart."""
     cluster_radius: int = 4
     """Largest offset (pixels) of a cluster's pixels from its centre."""
     # the total number of rays stays train_num_rays_per_batch, split evenly between the images

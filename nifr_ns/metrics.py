@@ -71,7 +71,7 @@ def metrics_table(rows: Dict[str, Dict[str, float]], title: str, extra: Sequence
     """A rich table, one row per method (the keys of ``rows``), the pose metrics as columns."""
     table = Table(title=title)
     table.add_column("method", style="bold")
-    columns = [c for c in next(iter(rows.values())) if c != "count"] if rows else []
+    columns = metric_columns(rows)
     for column in columns:
         table.add_column(column, justify="right")
     for name, metrics in rows.items():
@@ -79,7 +79,14 @@ def metrics_table(rows: Dict[str, Dict[str, float]], title: str, extra: Sequence
     return table
 
 
+def metric_columns(rows: Dict[str, Dict[str, float]]) -> list:
+    """Every metric any row has, in order of first appearance."""
+    return list(dict.fromkeys(c for metrics in rows.values() for c in metrics if c != "count"))
+
+
 def format_metric(column: str, value: float) -> str:
+    if value != value:  # NaN: the method has no such figure
+        return "-"
     if column == "median_trans":
         return f"{value * 100:.2f} cm"
     if column == "median_rot":
@@ -88,12 +95,14 @@ def format_metric(column: str, value: float) -> str:
         return f"{100 * value:.1f}%"
     if "time" in column or column.endswith("_s"):
         return f"{value:.2f} s"
+    if column.endswith("_mb"):
+        return f"{value:.0f} MB"
     return f"{value:.4g}"
 
 
 def metrics_markdown(rows: Dict[str, Dict[str, float]]) -> str:
     """The same table as Markdown."""
-    columns = [c for c in next(iter(rows.values())) if c != "count"] if rows else []
+    columns = metric_columns(rows)
     lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, metrics in rows.items():
         lines.append(f"| {name} | " + " | ".join(format_metric(c, metrics.get(c, float("nan"))) for c in columns) + " |")
