@@ -151,6 +151,7 @@ class _State(NamedTuple):
     cost: float
     s: Tensor  # (N,) squared residual norms
     valid: Tensor  # (N,) in view
+    rho: Tensor  # (N,) weighted robust cost of each point (meaningful where valid)
     H: Tensor  # (6, 6) Gauss-Newton Hessian, IRLS-weighted
     g: Tensor  # (6,) gradient
 
@@ -203,7 +204,7 @@ class _Problem:
         J_rows, weighted_rows = J.flatten(0, 1), (point_weights[:, None, None] * J).flatten(0, 1)
         H = weighted_rows.T @ J_rows
         g = weighted_rows.T @ r.flatten()
-        return _State(T, cost, s, valid, H, g)
+        return _State(T, cost, s, valid, self.weights * rho, H, g)
 
 
 def _damped_step(H: Tensor, g: Tensor, lam: float) -> Tensor | None:
@@ -213,6 +214,20 @@ def _damped_step(H: Tensor, g: Tensor, lam: float) -> Tensor | None:
     damping = lam * diagonal.clamp_min(1e-9 * float(diagonal.max()))
     delta, info = torch.linalg.solve_ex(H + torch.diag(damping), -g)
     return delta if int(info) == 0 and bool(torch.isfinite(delta).all()) else None
+
+
+def _relative_decrease(state: _State, trial: _State) -> float:
+    """How much better the trial pose fits the points both poses see (share of their cost).
+
+    Judged on the common points: a step that moves a few border points out of view would
+    otherwise be rejected for the jump to their out-of-view charge, however much better it
+    fits the rest, and the solver would stall near any pose that sees points at the border.
+    """
+    common = state.valid & trial.valid
+    if not common.any():
+        return -math.inf
+    before = float(state.rho[common].sum())
+    return (before - float(trial.rho[common].sum())) / max(before, 1e-300)
 
 
 def lm_refine(
@@ -244,8 +259,9 @@ def lm_refine(
             break
         iterations += 1
         trial = None if delta is None else problem.evaluate(se3_exp(delta) @ state.T)
-        if trial is not None and trial.cost < state.cost:
-            small_decrease = state.cost - trial.cost < config.cost_tolerance * state.cost
+        decrease = -math.inf if trial is None else _relative_decrease(state, trial)
+        if decrease > 0:
+            small_decrease = decrease < config.cost_tolerance
             state, lam = trial, lam / config.lambda_factor
             history.append(state.cost)
             if small_decrease:

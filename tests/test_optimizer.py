@@ -251,3 +251,4 @@ def test_robust_losses_have_the_documented_form():
         assert rho_prime[0] == 1.0 and rho[0] == 0.0
     cauchy, _ = robust_loss(s, LMConfig(robust="cauchy", robust_scale=0.1))
     np.testing.assert_allclose(cauchy.numpy(), (0.01 * torch.log1p(s / 0.01)).numpy())
+
