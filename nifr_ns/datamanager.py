@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs

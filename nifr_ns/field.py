@@ -13,7 +13,7 @@ the model detaches for every feature rendering (as LERF does).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Literal, Optional, Tuple
 
 import torch

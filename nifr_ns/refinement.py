@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Tuple
 
 import numpy as np
 import torch
@@ -241,7 +241,7 @@ class PoseRefiner:
         bundle = RayBundle(
             origins=origins.float(),
             directions=(directions / norms).float(),
-            pixel_area=(1.0 / (K_inv[0, 0] ** -1 * K_inv[1, 1] ** -1) / norms**2).float(),
+            pixel_area=(K_inv[0, 0] * K_inv[1, 1] / norms**2).float(),  # 1 / (fx fy), per unit direction
             camera_indices=torch.zeros_like(uv[:, :1], dtype=torch.long),
         )
         return self.model(bundle)["feature"]

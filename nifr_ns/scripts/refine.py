@@ -64,7 +64,7 @@ class RefineCommand:
 def main(command: RefineCommand) -> int:
     """Runs the command; returns the exit status (0 ok, 2 bad input)."""
     from nifr_ns.pipeline import NotANifrModelError, load_pipeline
-    from nifr_ns.pose_io import DataparserTransform, PoseFileError
+    from nifr_ns.pose_io import PoseFileError
     from nifr_ns.queries import QueryError, load_query_set, perturbed_poses
     from nifr_ns.refinement import PoseRefiner, Retrieval
 
