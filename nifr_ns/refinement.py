@@ -141,6 +141,17 @@ class PoseRefiner:
         return Rendering(points[valid], out["feature"][valid], out["rgb"][valid], out["feature"])
 
     @torch.no_grad()
+    def render_depth(self, T_cw_world: np.ndarray, intrinsics: Intrinsics, stride: int) -> np.ndarray:
+        """(h, w) z-depth in world units of a grid rendered at a world-frame pose; 0 where not opaque."""
+        rays = self.camera(self.to_nerfstudio(T_cw_world), intrinsics, stride).generate_rays(camera_indices=0)
+        out = self.model.get_outputs_for_camera_ray_bundle(rays)
+        points = (rays.origins + rays.directions * out["depth"]).double().cpu().numpy()
+        X_world = self.transform.points_to_world(points.reshape(-1, 3))
+        z = (X_world @ T_cw_world[2, :3] + T_cw_world[2, 3]).reshape(points.shape[:2])
+        opaque = out["accumulation"][..., 0].cpu().numpy() >= self.config.min_accumulation
+        return np.where(opaque & (z > 0), z, 0.0)
+
+    @torch.no_grad()
     def encode_features(self, image: Float[Tensor, "H W 3"]) -> List[Float[Tensor, "D h w"]]:
         """The image's feature pyramid, coarse to fine."""
         return [level[0] for level in self.model.encoder(image.permute(2, 0, 1)[None].to(self.device))]

@@ -35,7 +35,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Callable, Literal, Protocol, get_args
 
 import cv2
 import numpy as np
@@ -45,6 +45,8 @@ from nifr_ns.geometry import invert_pose, look_at, perturb_pose
 from nifr_ns.pose_io import Intrinsics, PosedImage, PoseSet, write_poses, write_transforms
 
 AppearanceLevel = Literal["none", "mild", "strong"]
+QueryGrade = Literal["none", "mild", "strong", "none+occluders", "mild+occluders", "strong+occluders"]
+"""A query's appearance level, with or without occluders unseen in the training views."""
 APPEARANCE_STRENGTH: dict[str, float] = {"none": 0.0, "mild": 0.5, "strong": 1.0}
 
 ROOM_SIZE = (6.0, 5.0, 3.0)
@@ -620,12 +622,21 @@ class SynthConfig:
     """Strength of the queries' change of exposure, gamma, colour cast, vignetting and noise."""
     occluders: bool = False
     """Put a ball and a pole, unseen in the training views, in front of each query camera."""
+    grades: tuple[QueryGrade, ...] = ()
+    """Cycle the queries through these grades (e.g. none mild strong strong+occluders), overriding
+    --appearance and --occluders; the grade of each query is recorded in scene.json."""
     rot_deg: tuple[float, float] = (4.0, 8.0)
     """Range of the initial poses' rotation error, degrees (uniform)."""
     trans: tuple[float, float] = (0.1, 0.3)
     """Range of the initial poses' camera-centre error, metres (uniform)."""
     overwrite: bool = False
     """Write into a non-empty OUT, replacing a scene written there before."""
+
+    def grade(self, query: int) -> QueryGrade:
+        """The appearance grade of query number ``query``."""
+        if self.grades:
+            return self.grades[query % len(self.grades)]
+        return f"{self.appearance}+occluders" if self.occluders else self.appearance  # type: ignore[return-value]
 
     def resolved(self) -> SynthConfig:
         """This config with the preset's sizes and counts filled in; ValueError if a value is invalid."""
@@ -640,6 +651,7 @@ class SynthConfig:
                 0 <= lo <= hi for lo, hi in (config.rot_deg, config.trans)
             ),
             "seed must not be negative": config.seed >= 0,
+            f"grades must be among {', '.join(get_args(QueryGrade))}": set(config.grades) <= set(get_args(QueryGrade)),
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
@@ -694,14 +706,23 @@ def generate_scene(out: Path, config: SynthConfig, on_view: ViewCallback | None 
     perturb_rng = _rng(config.seed, "perturb")
     gt, init, records = [], [], []
     for i, T_gt in enumerate(query_poses):
-        extra, occluders = _occluders(scene, T_gt, intrinsics, occluder_rng) if config.occluders else ([], [])
+        grade = config.grade(i)
+        level, occluded = grade.split("+")[0], grade.endswith("+occluders")
+        extra, occluders = _occluders(scene, T_gt, intrinsics, occluder_rng) if occluded else ([], [])
         rgb, depth = render_view(scene.with_objects(extra), T_gt, intrinsics, config.supersample)
-        rgb, appearance = grade_appearance(rgb, config.appearance, appearance_rng)
+        rgb, appearance = grade_appearance(rgb, level, appearance_rng)
         gt.append(_write_view(queries, f"query_{i:04d}.png", rgb, depth, T_gt, intrinsics))
         rot_deg, trans = perturb_rng.uniform(*config.rot_deg), perturb_rng.uniform(*config.trans)
         init.append(PosedImage(gt[-1].name, perturb_pose(T_gt, rot_deg, trans, perturb_rng), intrinsics))
         records.append(
-            {"name": gt[-1].name, "rot_deg": rot_deg, "trans": trans, "appearance": appearance, "occluders": occluders}
+            {
+                "name": gt[-1].name,
+                "grade": grade,
+                "rot_deg": rot_deg,
+                "trans": trans,
+                "appearance": appearance,
+                "occluders": occluders,
+            }
         )
         report(f"queries/{gt[-1].name}", config.n_train + i + 1, total)
     gt_set, init_set = PoseSet(gt, "hloc", queries), PoseSet(init, "hloc", queries)

@@ -220,6 +220,25 @@ def test_appearance_levels_grade_the_change() -> None:
     assert 0.01 < change("mild") < change("strong")
 
 
+def test_graded_query_sets_cycle_grades_and_keep_the_training_views(
+    small: dict[str, Path], tmp_path: Path
+) -> None:
+    config = SynthConfig(preset="tiny", n_train=2, n_queries=3, rot_deg=(1.0, 2.0), trans=(0.4, 0.5),
+                         grades=("none", "strong+occluders"))
+    generate_scene(tmp_path / "graded", config)
+    records = json.loads((tmp_path / "graded" / "scene.json").read_text())["queries"]
+    assert [r["grade"] for r in records] == ["none", "strong+occluders", "none"]
+    assert [len(r["occluders"]) for r in records] == [0, 2, 0]
+    assert records[0]["appearance"]["exposure"] == 1.0 and records[1]["appearance"]["exposure"] != 1.0
+    # the map is the same whatever the queries: one trained model serves every graded set
+    graded, plain = _files(tmp_path / "graded"), _files(small["a"])
+    assert {n: d for n, d in graded.items() if not n.startswith(("queries", "scene"))} == {
+        n: d for n, d in plain.items() if not n.startswith(("queries", "scene"))
+    }
+    with pytest.raises(ValueError, match="grades"):
+        SynthConfig(grades=("foggy",)).resolved()  # type: ignore[arg-type]
+
+
 def test_cli_refuses_a_non_empty_folder_and_overwrites_only_its_own_outputs(tmp_path: Path) -> None:
     out = tmp_path / "scene"
     out.mkdir()

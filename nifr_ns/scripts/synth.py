@@ -58,10 +58,10 @@ def main(command: SynthCommand) -> int:
     table = Table(title=f"Synthetic scene written in {time.perf_counter() - start:.1f} s", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    occluders = ", occluders" if config.occluders else ""
+    grades = ", ".join(config.grades) or config.grade(0)
     size = f"{config.width}x{config.height} px"
     table.add_row(f"{len(info.train)} training views, {size}", str(info.out / "transforms.json"))
-    table.add_row(f"{len(info.queries_gt)} queries, appearance {config.appearance}{occluders}", str(queries / "images"))
+    table.add_row(f"{len(info.queries_gt)} queries, appearance {grades}", str(queries / "images"))
     table.add_row("ground-truth poses", f"{queries / 'gt.txt'}, gt.json, intrinsics.txt")
     table.add_row(
         f"initial poses ({config.rot_deg[0]:g}-{config.rot_deg[1]:g} deg, {config.trans[0]:g}-{config.trans[1]:g} m)",
