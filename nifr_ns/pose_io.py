@@ -17,7 +17,7 @@ import json
 import json.decoder
 import json.scanner
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -280,10 +280,37 @@ def write_transforms(poses: PoseSet, path: Path | str, extra: dict[str, Any] | N
     path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def read_hloc(poses_path: Path | str, intrinsics_path: Path | str, image_root: Path | str | None = None) -> PoseSet:
-    """hloc/COLMAP text poses with their intrinsics file; image names are relative to image_root
-    (default: the poses file's folder)."""
-    poses_path, intrinsics_path = Path(poses_path), Path(intrinsics_path)
+def read_hloc(
+    poses_path: Path | str, intrinsics_path: Path | str | Mapping[str, Intrinsics], image_root: Path | str | None = None
+) -> PoseSet:
+    """hloc/COLMAP text poses with their intrinsics file, or with the intrinsics of the images they
+    may name (e.g. a benchmark split's); image names are relative to image_root (default: the
+    poses file's folder)."""
+    poses_path = Path(poses_path)
+    if isinstance(intrinsics_path, Mapping):
+        cameras = dict(intrinsics_path)
+        example = next(iter(cameras), "")
+        unknown = f"is not one of the {len(cameras)} images this file may name (such as {example!r})"
+    else:
+        intrinsics_path = Path(intrinsics_path)
+        cameras = _read_hloc_intrinsics(intrinsics_path)
+        unknown = f"has no intrinsics in {intrinsics_path}"
+
+    images: list[PosedImage] = []
+    for line, name, values in _named_records(poses_path, _records(poses_path), "name qw qx qy qz tx ty tz"):
+        q, t = np.array(values[:4]), np.array(values[4:])
+        if abs(np.linalg.norm(q) - 1) > _QUATERNION_NORM_TOLERANCE:
+            raise PoseFileError(poses_path, f"quaternion norm is {np.linalg.norm(q):.6g}, not 1", line)
+        if name not in cameras:
+            raise PoseFileError(poses_path, f"{name!r} {unknown}", line)
+        T_cw = np.eye(4)
+        T_cw[:3, :3], T_cw[:3, 3] = quaternion_to_matrix(q), t
+        images.append(PosedImage(name, T_cw, cameras[name]))
+    return PoseSet(images, "hloc", Path(image_root) if image_root is not None else poses_path.parent)
+
+
+def _read_hloc_intrinsics(intrinsics_path: Path) -> dict[str, Intrinsics]:
+    """An intrinsics file 'name MODEL width height params...' by name."""
     cameras: dict[str, Intrinsics] = {}
     for line, fields in _records(intrinsics_path):
         if len(fields) < 4:
@@ -295,29 +322,7 @@ def read_hloc(poses_path: Path | str, intrinsics_path: Path | str, image_root: P
             cameras[name] = Intrinsics(model, _integer(width), _integer(height), tuple(_numbers(fields[4:])))
         except ValueError as error:
             raise PoseFileError(intrinsics_path, str(error), line) from None
-
-    images: list[PosedImage] = []
-    first_line: dict[str, int] = {}
-    for line, fields in _records(poses_path):
-        if len(fields) != 8:
-            raise PoseFileError(poses_path, f"expected 8 columns 'name qw qx qy qz tx ty tz', got {len(fields)}", line)
-        name = fields[0]
-        if name in first_line:
-            raise PoseFileError(poses_path, f"duplicate name {name!r} (first at line {first_line[name]})", line)
-        first_line[name] = line
-        try:
-            values = _numbers(fields[1:])
-        except ValueError as error:
-            raise PoseFileError(poses_path, str(error), line) from None
-        q, t = np.array(values[:4]), np.array(values[4:])
-        if abs(np.linalg.norm(q) - 1) > _QUATERNION_NORM_TOLERANCE:
-            raise PoseFileError(poses_path, f"quaternion norm is {np.linalg.norm(q):.6g}, not 1", line)
-        if name not in cameras:
-            raise PoseFileError(poses_path, f"{name!r} has no intrinsics in {intrinsics_path}", line)
-        T_cw = np.eye(4)
-        T_cw[:3, :3], T_cw[:3, 3] = quaternion_to_matrix(q), t
-        images.append(PosedImage(name, T_cw, cameras[name]))
-    return PoseSet(images, "hloc", Path(image_root) if image_root is not None else poses_path.parent)
+    return cameras
 
 
 def write_hloc(poses: PoseSet, poses_path: Path | str, intrinsics_path: Path | str | None = None) -> None:
@@ -532,6 +537,28 @@ def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
         fields = line.split()
         if fields and not fields[0].startswith("#"):
             yield number, fields
+
+
+def _named_records(
+    path: Path, records: Iterable[tuple[int, list[str]]], columns: str
+) -> Iterator[tuple[int, str, list[float]]]:
+    """(line, name, numbers) of records 'name number...' with the columns named in ``columns``,
+    each name once; PoseFileError naming the line of a wrong column count, a repeated name or a
+    value that is not a finite number."""
+    expected = len(columns.split())
+    first_line: dict[str, int] = {}
+    for line, fields in records:
+        if len(fields) != expected:
+            raise PoseFileError(path, f"expected {expected} columns '{columns}', got {len(fields)}", line)
+        name = fields[0]
+        if name in first_line:
+            raise PoseFileError(path, f"duplicate name {name!r} (first at line {first_line[name]})", line)
+        first_line[name] = line
+        try:
+            values = _numbers(fields[1:])
+        except ValueError as error:
+            raise PoseFileError(path, str(error), line) from None
+        yield line, name, values
 
 
 def _numbers(fields: list[Any]) -> list[float]:

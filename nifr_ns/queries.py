@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from nifr_ns.geometry import perturb_pose
-from nifr_ns.pose_io import Intrinsics, PoseSet, read_poses
+from nifr_ns.pose_io import Intrinsics, PoseSet, read_hloc, read_poses
 
 InitMode = Literal["file", "perturb", "retrieval"]
 
@@ -67,11 +67,27 @@ def load_query_set(
         missing = [name for name in poses.names if name not in set(gt.names)]
         if missing:
             raise QueryError(f"{ground_truth}: no ground truth for {len(missing)} queries, e.g. '{missing[0]}'")
+    return _checked_query_set(poses, gt, queries, limit)
+
+
+def load_split_query_set(split: PoseSet, queries: Optional[Path] = None, limit: Optional[int] = None) -> QuerySet:
+    """Queries from a benchmark dataset's split (dataparsers.benchmark_split: images, intrinsics and
+    ground truth), with initial poses from an hloc text file ``name qw qx qy qz tx ty tz`` whose
+    names are the split's (e.g. from a pose regressor or retrieval); without one the initial poses
+    are the ground truth (for --init perturb or retrieval). Refined poses are written as hloc text."""
+    poses = split
+    if queries is not None:
+        poses = read_hloc(queries, {image.name: image.intrinsics for image in split}, image_root=split.root)
+    return _checked_query_set(poses, split, queries if queries is not None else split.root, limit)
+
+
+def _checked_query_set(poses: PoseSet, gt: Optional[PoseSet], source: Path, limit: Optional[int]) -> QuerySet:
+    """The first ``limit`` images of poses as queries, each image present and of its intrinsics' size."""
     result = []
     for item in list(poses)[:limit]:
         path = poses.root / item.name
         if not path.is_file():
-            raise QueryError(f"{queries}: image '{item.name}' not found at {path}")
+            raise QueryError(f"{source}: image '{item.name}' not found at {path}")
         with Image.open(path) as image:
             size = image.size
         if size != (item.intrinsics.width, item.intrinsics.height):
@@ -82,7 +98,7 @@ def load_query_set(
         T_gt = gt.by_name(item.name).T_cw if gt is not None else None
         result.append(Query(item.name, path, item.intrinsics, item.T_cw, T_gt))
     if not result:
-        raise QueryError(f"{queries}: no queries")
+        raise QueryError(f"{source}: no queries")
     return QuerySet(result, poses)
 
 

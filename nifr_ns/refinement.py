@@ -27,7 +27,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.pipelines.base_pipeline import Pipeline
 
 from nifr_ns.encoder import sample_features
-from nifr_ns.geometry import T_cw_to_opengl_c2w, opengl_c2w_to_T_cw, se3_exp
+from nifr_ns.geometry import T_cw_to_opengl_c2w, camera_center, opengl_c2w_to_T_cw, rotation_angle_deg, se3_exp
 from nifr_ns.optimizer import LMConfig, lm_refine
 from nifr_ns.pose_io import DataparserTransform, Intrinsics
 
@@ -49,6 +49,12 @@ class RefineConfig:
     """Rendered pixels less opaque than this are not lifted."""
     lm: LMConfig = field(default_factory=LMConfig)
     """The Levenberg-Marquardt solver."""
+    max_translation: float = 0.5
+    """A refinement that moves the camera further than this (nerfstudio's normalised units, in
+    which the training cameras span about [-1, 1]) is flagged and the initial pose kept: with
+    poor features the cost can be lowest at a pose that sees little, far from any camera."""
+    max_rotation_deg: float = 45.0
+    """A refinement that turns the camera by more than this is flagged likewise."""
     render_compare_steps: int = 100
     """render-compare: Adam steps."""
     render_compare_rays: int = 512
@@ -196,7 +202,7 @@ class PoseRefiner:
         # judge both poses by the same measure: the finest level, rendered at each pose
         initial_cost, _ = self.cost(T_init, levels[-1], intrinsics, K, hw)
         final_cost, inlier_ratio = self.cost(T, levels[-1], intrinsics, K, hw)
-        improved = final_cost < initial_cost
+        improved = final_cost < initial_cost and self.within_trust_region(T_init, T)
         return QueryResult(
             name=name,
             T_cw_init=T_cw_init,
@@ -209,6 +215,12 @@ class PoseRefiner:
             improved=improved,
             seconds=0.0,
         )
+
+    def within_trust_region(self, T_init: Tensor, T: Tensor) -> bool:
+        """Whether the move from T_init to T (nerfstudio frame) is one a local refinement can make."""
+        motion = (T @ torch.linalg.inv(T_init)).cpu().double().numpy()
+        moved = np.linalg.norm(camera_center(T.cpu().double().numpy()) - camera_center(T_init.cpu().double().numpy()))
+        return moved <= self.config.max_translation and rotation_angle_deg(motion[:3, :3]) <= self.config.max_rotation_deg
 
     def targets(self, rendering: Rendering) -> Tuple[Tensor, Tensor]:
         values = rendering.rgb if self.config.mode == "photometric" else rendering.features

@@ -3,8 +3,10 @@ and refuses bad input without writing anything."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +81,17 @@ def test_refinement_lowers_a_known_pose_error_with_an_exact_renderer(exact) -> N
     assert np.median(t1) < 0.05 and np.median(r1) < 1.5, (t1, r1)
 
 
+def test_a_refinement_leaving_the_trust_region_is_flagged_and_keeps_its_initial_pose(exact) -> None:
+    """The exact renderer improves every query's cost, but a trust region of 1 mm / 0.01 deg
+    (in normalised units) forbids the move: each query must come back flagged with its initial pose."""
+    query_set, refiner, inits = exact
+    tight = copy.copy(refiner)
+    tight.config = replace(refiner.config, max_translation=1e-3, max_rotation_deg=0.01)
+    for result, init in zip(refine_all(tight, query_set, inits[:2]), inits[:2]):
+        assert not result.improved and result.final_cost == result.initial_cost
+        np.testing.assert_array_equal(result.T_cw, init)
+
+
 def test_solver_aligns_a_real_image_with_points_to_its_border(exact) -> None:
     """Exact 3D points of a whole rendered grid (so every step moves some out of view) and the
     colours they have in the query: the solver must not stall short of the true pose."""
@@ -123,7 +136,7 @@ def test_cli_writes_poses_report_metrics_and_figures(trained_tiny, tiny_scene, t
                         ground_truth=q / "gt.txt", output=out, max_queries=2, figures=1)
     assert main(cmd) == 0
     assert {"poses.txt", "intrinsics.txt", "report.json", "metrics.md", "errors.png"} <= {p.name for p in out.iterdir()}
-    assert len(list(out.glob("query_*.png"))) == 1
+    assert len(list(out.glob("images_query_*.png"))) == 1  # the whole name: no clash across folders
     report = json.loads((out / "report.json").read_text())
     assert len(report["queries"]) == 2 and "trans_err" in report["queries"][0]
     assert len((out / "poses.txt").read_text().split("\n")) >= 2

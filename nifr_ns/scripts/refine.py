@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import tyro
@@ -27,10 +27,19 @@ class RefineCommand:
 
     load_config: Path
     """config.yml of a trained nifr model (from ns-train nifr / nifr-small)."""
-    queries: Path
-    """Query poses: a transforms-style .json, or hloc text `name qw qx qy qz tx ty tz` (needs --intrinsics)."""
     output: Path
     """Folder for the results; must be new or empty unless --overwrite."""
+    queries: Optional[Path] = None
+    """Query poses: a transforms-style .json, or hloc text `name qw qx qy qz tx ty tz` (needs --intrinsics).
+    With --dataset: the initial poses of the split's images, hloc text, names as in the split
+    (optional with --init perturb or retrieval)."""
+    dataset: Optional[Literal["cambridge", "sevenscenes"]] = None
+    """Take the query images, intrinsics and ground truth from this benchmark's --split (read as the
+    model's cambridge-data / sevenscenes-data dataparser read it); errors are in metres and degrees."""
+    data: Optional[Path] = None
+    """--dataset: the scene folder; default: the one the model was trained on."""
+    split: Literal["train", "test"] = "test"
+    """--dataset: the split whose images are the queries."""
     intrinsics: Optional[Path] = None
     """hloc/COLMAP intrinsics file `name MODEL w h params...` for hloc-form queries."""
     ground_truth: Optional[Path] = None
@@ -63,18 +72,27 @@ class RefineCommand:
 
 def main(command: RefineCommand) -> int:
     """Runs the command; returns the exit status (0 ok, 2 bad input)."""
+    from nifr_ns.dataparsers import benchmark_split
     from nifr_ns.pipeline import NotANifrModelError, load_pipeline
     from nifr_ns.pose_io import PoseFileError
-    from nifr_ns.queries import QueryError, load_query_set, perturbed_poses
+    from nifr_ns.queries import QueryError, load_query_set, load_split_query_set, perturbed_poses
     from nifr_ns.refinement import PoseRefiner, Retrieval
 
     try:
         if command.output.exists() and any(command.output.iterdir()) and not command.overwrite:
             raise QueryError(f"{command.output}: not empty (use --overwrite)")
-        query_set = load_query_set(
-            command.queries, command.intrinsics, command.ground_truth, command.ground_truth_intrinsics,
-            command.image_root, command.max_queries,
-        )
+        if command.dataset is not None:
+            if command.queries is None and command.init == "file":
+                raise QueryError("--dataset with --init file needs --queries (the initial poses, hloc text)")
+            split = benchmark_split(command.dataset, command.split, command.data, command.load_config)
+            query_set = load_split_query_set(split, command.queries, command.max_queries)
+        elif command.queries is None:
+            raise QueryError("--queries is required (or name a benchmark with --dataset)")
+        else:
+            query_set = load_query_set(
+                command.queries, command.intrinsics, command.ground_truth, command.ground_truth_intrinsics,
+                command.image_root, command.max_queries,
+            )
         inits: List[List[np.ndarray]] = [[q.T_cw_file] for q in query_set.queries]
         if command.init == "perturb":
             inits = [[T] for T in perturbed_poses(query_set, command.rot_deg, command.trans, command.seed)]
@@ -105,10 +123,16 @@ def main(command: RefineCommand) -> int:
 
 def model_transform(config) -> "DataparserTransform":
     """The model's map from the user's world frame to nerfstudio's (dataparser_transforms.json)."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
     from nifr_ns.pose_io import DataparserTransform
 
     path = config.get_base_dir() / "dataparser_transforms.json"
     data = config.pipeline.datamanager.data
+    # Only nerfstudio's own format has an applied_transform in its data; the benchmark
+    # dataparsers' transform starts from the dataset's own frame.
+    if not isinstance(config.pipeline.datamanager.dataparser, NerfstudioDataParserConfig):
+        data = None
     return DataparserTransform.load(path, data=data if data is not None and Path(data).exists() else None)
 
 
@@ -162,7 +186,9 @@ def write_figures(out: Path, query_set, results, refiner, count: int) -> None:
             panels.append(pca(rendered).cpu().numpy())
         h = min(p.shape[0] for p in panels)
         strip = np.concatenate([p[:h] for p in panels], axis=1)
-        imageio.imwrite(out / f"{Path(query.name).stem}.png", (np.clip(strip, 0, 1) * 255).astype(np.uint8))
+        # the whole name, so that seq1/frame00001 and seq2/frame00001 do not overwrite each other
+        stem = str(Path(query.name).with_suffix("")).replace("/", "_").replace("\\", "_")
+        imageio.imwrite(out / f"{stem}.png", (np.clip(strip, 0, 1) * 255).astype(np.uint8))
 
 
 def entrypoint() -> None:
