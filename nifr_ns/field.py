@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from nerfstudio.cameras.rays import RaySamples
+from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.activations import trunc_exp
 from nerfstudio.field_components.embedding import Embedding
 from nerfstudio.field_components.encodings import Encoding, HashEncoding, KPlanesEncoding, SHEncoding
@@ -78,12 +79,15 @@ class MultiResTriplaneEncoding(Encoding):
 
 
 def normalized_positions(
-    ray_samples: RaySamples, spatial_distortion: Optional[SpatialDistortion]
+    ray_samples: RaySamples, spatial_distortion: Optional[SpatialDistortion], aabb: Float[Tensor, "2 3"]
 ) -> Tuple[Float[Tensor, "*bs 3"], Float[Tensor, "*bs"]]:
-    """Sample positions mapped to [0, 1]^3 (contracted space) and a mask of those inside it."""
+    """Sample positions mapped to [0, 1]^3 and a mask of those inside it: the contracted space
+    [-2, 2]^3 with a spatial distortion, else the scene box ``aabb`` (a bounded scene)."""
     positions = ray_samples.frustums.get_positions()
     if spatial_distortion is not None:
         positions = (spatial_distortion(positions) + 2.0) / 4.0
+    else:
+        positions = SceneBox.get_normalized_positions(positions, aabb)
     inside = ((positions > 0.0) & (positions < 1.0)).all(dim=-1)
     return positions * inside[..., None], inside
 
@@ -95,12 +99,14 @@ class ProposalDensityField(Field):
         self,
         encoding: EncodingConfig,
         spatial_distortion: Optional[SpatialDistortion],
+        aabb: Float[Tensor, "2 3"],
         hidden_dim: int = 16,
         average_init_density: float = 1.0,
         implementation: Literal["tcnn", "torch"] = "torch",
     ) -> None:
         super().__init__()
         self.spatial_distortion = spatial_distortion
+        self.register_buffer("aabb", aabb.clone())
         self.average_init_density = average_init_density
         enc = encoding.setup(implementation)
         mlp = MLP(
@@ -114,7 +120,7 @@ class ProposalDensityField(Field):
         self.mlp_base = nn.Sequential(enc, mlp)
 
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, None]:
-        positions, inside = normalized_positions(ray_samples, self.spatial_distortion)
+        positions, inside = normalized_positions(ray_samples, self.spatial_distortion, self.aabb)
         raw = self.mlp_base(positions.view(-1, 3)).view(*ray_samples.frustums.shape, 1).to(positions)
         density = self.average_init_density * trunc_exp(raw) * inside[..., None]
         return density, None
@@ -130,6 +136,7 @@ class NifrField(Field):
         self,
         num_images: int,
         spatial_distortion: Optional[SpatialDistortion],
+        aabb: Float[Tensor, "2 3"],
         density_encoding: EncodingConfig,
         feature_encoding: EncodingConfig,
         feature_dim: int = 32,
@@ -145,6 +152,7 @@ class NifrField(Field):
     ) -> None:
         super().__init__()
         self.spatial_distortion = spatial_distortion
+        self.register_buffer("aabb", aabb.clone())
         self.geo_feat_dim = geo_feat_dim
         self.feature_dim = feature_dim
         self.geo_feature_grad_scale = geo_feature_grad_scale
@@ -186,7 +194,7 @@ class NifrField(Field):
         self._positions: Optional[Tensor] = None
 
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
-        positions, inside = normalized_positions(ray_samples, self.spatial_distortion)
+        positions, inside = normalized_positions(ray_samples, self.spatial_distortion, self.aabb)
         self._positions = positions
         h = self.mlp_base(positions.view(-1, 3)).view(*ray_samples.frustums.shape, -1)
         raw_density, geo_features = torch.split(h, [1, self.geo_feat_dim], dim=-1)

@@ -50,6 +50,41 @@ def info_nce(
     return 0.5 * (cross_entropy(similarity) + cross_entropy(similarity.transpose(1, 2)))
 
 
+def local_info_nce(
+    f3d: Float[Tensor, "G N D"],
+    fmap: Float[Tensor, "G D h w"],
+    uv: Float[Tensor, "G N 2"],
+    image_hw: Tuple[int, int],
+    temperature: float,
+    radius: int,
+) -> Float[Tensor, ""]:
+    """3D->2D InfoNCE against the encoder level's cells around each pixel: the positive of the
+    rendered feature of pixel p is the cell containing p, its negatives the other cells of the
+    (2 radius + 1)^2 window centred there (cells off the map are left out).
+
+    Sampled pixels of one image lie about sqrt(HW/N) pixels apart, so in-batch negatives never
+    teach a feature to differ from its neighbours; here the next cell is a negative, which is
+    what a nearest-neighbour match within 1-3 px (and a sharply peaked refinement cost) needs.
+    The far negatives stay with :func:`info_nce`. ``fmap`` holds unit vectors; ``uv`` follows the
+    pixel-centre convention of the full image.
+    """
+    g, dim, h, w = fmap.shape
+    height, width = image_hw
+    col = (uv[..., 0] * w / width).long().clamp(0, w - 1)
+    row = (uv[..., 1] * h / height).long().clamp(0, h - 1)
+    offsets = torch.arange(-radius, radius + 1, device=fmap.device)
+    rows = row[..., None, None] + offsets[:, None]  # (G, N, k, 1)
+    cols = col[..., None, None] + offsets[None, :]  # (G, N, 1, k)
+    inside = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).flatten(2)  # (G, N, k*k)
+    index = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).flatten(2)
+    n, k2 = index.shape[1], index.shape[2]
+    cells = fmap.flatten(2).gather(2, index.reshape(g, 1, n * k2).expand(g, dim, n * k2))  # (G, D, N*k*k)
+    logits = torch.einsum("gnd,gdnk->gnk", f3d, cells.view(g, dim, n, k2)) / temperature
+    logits = logits.masked_fill(~inside, torch.finfo(logits.dtype).min)
+    centre = torch.full((g * n,), k2 // 2, device=fmap.device)
+    return F.cross_entropy(logits.flatten(0, 1), centre)
+
+
 @torch.no_grad()
 def sinkhorn(scores: Float[Tensor, "N K"], epsilon: float, iterations: int) -> Float[Tensor, "N K"]:
     """SwAV's Sinkhorn-Knopp: soft assignments of N samples to K prototypes, spread evenly.

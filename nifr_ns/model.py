@@ -22,7 +22,7 @@ from nerfstudio.field_components.spatial_distortions import SceneContraction
 from nerfstudio.model_components.losses import MSELoss
 from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
-from nerfstudio.model_components.scene_colliders import NearFarCollider
+from nerfstudio.model_components.scene_colliders import AABBBoxCollider, NearFarCollider
 from nerfstudio.models.base_model import Model
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from nerfstudio.utils import colormaps
@@ -74,6 +74,10 @@ class NifrModelConfig(NerfactoModelConfig):
     """Temperature tau of the contrastive (InfoNCE) losses."""
     contrastive_loss_mult: float = 1.0
     """Pixel-aligned 2D<->3D InfoNCE, averaged over the encoder's levels."""
+    local_negatives_radius: int = 0
+    """In the 3D->2D direction of the contrastive loss, the encoder cells within this many cells
+    of the pixel are its negatives (not the other sampled pixels), so that neighbouring pixels
+    learn to differ; 0: the sampled pixels only, in both directions."""
     multiview_loss_mult: float = 0.5
     """Cross-view InfoNCE: a pixel of one image lifted with the rendered depth and projected into another."""
     multiview_occlusion_tol: float = 0.05
@@ -111,6 +115,7 @@ class NifrModel(NerfactoModel):
         self.field = NifrField(
             num_images=self.num_train_data,
             spatial_distortion=contraction,
+            aabb=self.scene_box.aabb,
             density_encoding=cfg.density_encoding,
             feature_encoding=cfg.feature_encoding,
             feature_dim=cfg.feature_dim,
@@ -128,6 +133,7 @@ class NifrModel(NerfactoModel):
             ProposalDensityField(
                 cfg.proposal_encodings[min(i, len(cfg.proposal_encodings) - 1)],
                 spatial_distortion=contraction,
+                aabb=self.scene_box.aabb,
                 average_init_density=cfg.average_init_density,
                 implementation=cfg.implementation,
             )
@@ -152,7 +158,11 @@ class NifrModel(NerfactoModel):
             if cfg.proposal_initial_sampler == "uniform"
             else None,
         )
-        self.collider = NearFarCollider(near_plane=cfg.near_plane, far_plane=cfg.far_plane)
+        if cfg.disable_scene_contraction:
+            # a bounded scene: rays end where they leave the scene box, nothing lies beyond it
+            self.collider = AABBBoxCollider(self.scene_box, near_plane=cfg.near_plane)
+        else:
+            self.collider = NearFarCollider(near_plane=cfg.near_plane, far_plane=cfg.far_plane)
         self.renderer_rgb = RGBRenderer(background_color=cfg.background_color)
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer(method="median")
@@ -235,7 +245,7 @@ class NifrModel(NerfactoModel):
         f2d = [sample_features(level, uv, hw) for level in levels]  # coarse to fine, each (G, N, D)
         out = {
             "contrastive_loss": cfg.contrastive_loss_mult
-            * sum(losses.info_nce(f3d, f, cfg.temperature) for f in f2d) / len(f2d),
+            * sum(self.contrastive_loss(f3d, f, level, uv, hw) for f, level in zip(f2d, levels)) / len(f2d),
             "prototype_loss": cfg.prototype_loss_mult
             * losses.prototype_loss(
                 f3d.reshape(g * n, -1),
@@ -262,6 +272,15 @@ class NifrModel(NerfactoModel):
                 levels[-1], f3d, outputs["points"].view(g, n, 3), batch["cameras"], hw
             )
         return out
+
+    def contrastive_loss(self, f3d: Tensor, f2d: Tensor, level: Tensor, uv: Tensor, hw: Tuple[int, int]) -> Tensor:
+        """Symmetric pixel-aligned InfoNCE at one encoder level: (G, N, D) rendered and sampled
+        encoder features, the (G, D, h, w) level itself and the (G, N, 2) pixels."""
+        tau, radius = self.config.temperature, self.config.local_negatives_radius
+        if radius == 0:
+            return losses.info_nce(f3d, f2d, tau)
+        local = losses.local_info_nce(f3d, level, uv, hw, tau, radius)
+        return 0.5 * (losses.info_nce(f2d, f3d, tau, symmetric=False) + local)
 
     def multiview_loss(
         self, fine: Tensor, f3d: Tensor, points: Tensor, cameras: Cameras, hw: Tuple[int, int]

@@ -15,6 +15,7 @@ def make_field(grad_scale: float) -> NifrField:
     return NifrField(
         num_images=2,
         spatial_distortion=None,
+        aabb=torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),  # positions are already normalised
         density_encoding=TRIPLANE,
         feature_encoding=TRIPLANE,
         feature_dim=16,
@@ -56,3 +57,21 @@ def test_gradient_scale_scales_the_gradient() -> None:
         field.get_features(torch.rand(32, 3), geo).sum().backward()
         grads.append(geo.grad)
     assert torch.allclose(grads[0] * 2, grads[1], atol=1e-6)
+
+
+def test_a_bounded_field_maps_its_scene_box_to_the_unit_cube_and_is_empty_outside() -> None:
+    from nerfstudio.cameras.rays import Frustums, RaySamples
+
+    from nifr_ns.field import normalized_positions
+
+    aabb = torch.tensor([[-2.0, -2.0, -2.0], [2.0, 2.0, 2.0]])
+    origins = torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 0.0], [3.0, 0.0, 0.0]])
+    ones = torch.ones(3, 1)
+    samples = RaySamples(Frustums(origins, torch.tensor([[1.0, 0, 0]]).expand(3, 3), 0 * ones, 0 * ones, ones))
+    positions, inside = normalized_positions(samples, None, aabb)
+    assert inside.tolist() == [True, True, False]
+    torch.testing.assert_close(positions[:2], torch.tensor([[0.5, 0.5, 0.5], [0.75, 0.25, 0.5]]))
+    field = make_field(0.0)
+    field.aabb.copy_(aabb)
+    density, _ = field.get_density(samples)
+    assert density[2].item() == 0.0 and (density[:2] > 0).all()

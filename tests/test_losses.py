@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nifr_ns.losses import info_nce, multiview_loss, multiview_pairs, prototype_loss, ranking_loss, sinkhorn
+from nifr_ns.losses import info_nce, local_info_nce, multiview_loss, multiview_pairs, prototype_loss, ranking_loss, sinkhorn
 
 
 def unit(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -23,6 +23,40 @@ def seed() -> None:
 
 
 # ---- info_nce ----
+
+
+def _level_and_pixels(stride: int) -> tuple:
+    """A (1, D, 6, 8) unit level of a 6s x 8s image and 5 pixel centres with their cells."""
+    fmap = F.normalize(torch.randn(1, 16, 6, 8, dtype=torch.float64), dim=1)
+    rows, cols = torch.tensor([0, 2, 5, 3, 1]), torch.tensor([0, 7, 3, 3, 4])
+    uv = torch.stack([cols * stride + stride / 2, rows * stride + stride / 2], dim=-1)[None].double()
+    return fmap, uv, rows, cols
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_local_info_nce_positive_is_the_cell_under_the_pixel(stride: int) -> None:
+    fmap, uv, rows, cols = _level_and_pixels(stride)
+    hw = (6 * stride, 8 * stride)
+    at_pixels = fmap[0, :, rows, cols].T[None]  # (1, 5, D): exactly the cells' features
+    neighbours = fmap[0, :, rows, (cols + 1) % 8].T[None]  # one cell to the right
+    aligned = local_info_nce(at_pixels, fmap, uv, hw, 0.05, radius=1)
+    assert aligned < 0.1 < local_info_nce(neighbours, fmap, uv, hw, 0.05, radius=1)
+
+
+def test_local_info_nce_over_the_whole_map_is_cross_entropy_over_all_cells() -> None:
+    """A window larger than the map, its off-map cells left out, is every cell exactly once."""
+    fmap, uv, rows, cols = _level_and_pixels(1)
+    f3d = unit(1, 5, 16, dtype=torch.float64)
+    logits = f3d[0] @ fmap[0].reshape(16, 48) / 0.2
+    expected = F.cross_entropy(logits, rows * 8 + cols)
+    torch.testing.assert_close(local_info_nce(f3d, fmap, uv, (6, 8), 0.2, radius=8), expected)
+
+
+def test_local_info_nce_gradients_match_finite_differences() -> None:
+    fmap, uv, _, _ = _level_and_pixels(1)
+    f3d = unit(1, 5, 16, dtype=torch.float64).requires_grad_()
+    fmap.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, m: local_info_nce(a, m, uv, (6, 8), 0.5, radius=2), (f3d, fmap))
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
