@@ -220,7 +220,8 @@ class PoseRefiner:
         """Whether the move from T_init to T (nerfstudio frame) is one a local refinement can make."""
         motion = (T @ torch.linalg.inv(T_init)).cpu().double().numpy()
         moved = np.linalg.norm(camera_center(T.cpu().double().numpy()) - camera_center(T_init.cpu().double().numpy()))
-        return moved <= self.config.max_translation and rotation_angle_deg(motion[:3, :3]) <= self.config.max_rotation_deg
+        turned = rotation_angle_deg(motion[:3, :3])
+        return bool(moved <= self.config.max_translation and turned <= self.config.max_rotation_deg)
 
     def targets(self, rendering: Rendering) -> Tuple[Tensor, Tensor]:
         values = rendering.rgb if self.config.mode == "photometric" else rendering.features
