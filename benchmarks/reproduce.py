@@ -70,15 +70,14 @@ def main() -> None:
     doc = json.loads((results / "results.json").read_text())
     for png in ("basin.png", "errors.png"):
         shutil.copy(results / png, HERE / png)
-    page = report(doc, commands, train_minutes)
+    page = report(doc, (results / "results.md").read_text(), commands, train_minutes)
     (HERE / "README.md").write_text(page)
     update_main_readme(doc)
     print(f"wrote {HERE / 'README.md'}")
 
 
-def report(doc: dict, commands: list, train_minutes: float | None) -> str:
-    results = (Path(__file__).parent / "work" / "results" / "results.md")
-    body = results.read_text() if results.exists() else ""
+def report(doc: dict, body: str, commands: list, train_minutes: float | None) -> str:
+    """benchmarks/README.md around the bench's own results.md (``body``)."""
     trained = f" Training took {train_minutes:.1f} min on the same machine." if train_minutes else ""
     return f"""# Benchmarks
 

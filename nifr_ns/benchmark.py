@@ -92,15 +92,16 @@ class Harness:
         self.map_seconds: Dict[str, float] = {"reference depth": 0.0, "retrieval index": 0.0}
         self._references: Dict[int, Reference] = {}
         self._retrieval: Optional[Retrieval] = None
+        self._methods = self._method_table()
 
     def run(self, method: Method, query: Query, image: torch.Tensor, init: np.ndarray) -> Outcome:
         start = time.perf_counter()
         map_before = sum(self.map_seconds.values())
-        T_cw, failed = self._methods()[method](query, image, init)
+        T_cw, failed = self._methods[method](query, image, init)
         seconds = time.perf_counter() - start - (sum(self.map_seconds.values()) - map_before)
         return Outcome(T_cw, failed, seconds)
 
-    def _methods(self) -> Dict[str, Callable[[Query, torch.Tensor, np.ndarray], Tuple[np.ndarray, bool]]]:
+    def _method_table(self) -> Dict[str, Callable[[Query, torch.Tensor, np.ndarray], Tuple[np.ndarray, bool]]]:
         return {
             "initial": lambda q, image, init: (init, False),
             "nifr": lambda q, image, init: self._refine("features", q, image, [init]),

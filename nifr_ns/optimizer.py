@@ -286,17 +286,3 @@ def lm_refine(
         cost_history=history,
     )
 
-
-def cost_at(
-    T_cw: Tensor,
-    points: Tensor,
-    targets: Tensor,
-    fmap: Tensor,
-    K: Tensor,
-    image_hw: tuple[int, int],
-    config: LMConfig | None = None,
-    weights: Tensor | None = None,
-) -> float:
-    """The cost lm_refine minimises, at T_cw (4, 4); arguments as for lm_refine."""
-    problem = _Problem.build(points, targets, fmap, K, image_hw, weights, config or LMConfig())
-    return problem.evaluate(T_cw.to(torch.float64)).cost

@@ -14,7 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from nifr_ns.dataparsers import (
@@ -24,7 +23,7 @@ from nifr_ns.dataparsers import (
     read_sevenscenes,
     read_split,
 )
-from nifr_ns.geometry import T_cw_to_opengl_c2w, camera_center, invert_pose, matrix_to_quaternion, perturb_pose
+from nifr_ns.geometry import camera_center, invert_pose, matrix_to_quaternion, perturb_pose
 from nifr_ns.pose_io import DataparserTransform, PoseFileError, PoseSet, write_hloc
 
 from conftest import tiny_training_config

@@ -4,6 +4,7 @@ Levenberg-Marquardt solver on analytic problems with a known pose."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch.autograd.functional import jacobian
 
 from nifr_ns import geometry as g
-from nifr_ns.optimizer import LMConfig, cost_at, lm_refine, residual_jacobian, robust_loss, sample_with_gradient
+from nifr_ns.optimizer import LMConfig, lm_refine, residual_jacobian, robust_loss, sample_with_gradient
 
 H, W = 120, 160
 K = torch.tensor([[150.0, 0.0, W / 2], [0.0, 150.0, H / 2], [0.0, 0.0, 1.0]], dtype=torch.float64)
@@ -222,6 +223,11 @@ def test_with_no_point_in_view_the_pose_is_returned_unchanged(rng):
     result = lm_refine(looking_away, points, targets, fmap, K, (H, W))
     assert torch.equal(result.T_cw, looking_away)
     assert result.num_valid == 0 and result.iterations == 0 and not result.converged
+
+
+def cost_at(T_cw, points, targets, fmap, K, image_hw, config):
+    """The cost lm_refine minimises, at T_cw: its initial cost with no iteration."""
+    return lm_refine(T_cw, points, targets, fmap, K, image_hw, replace(config, max_iterations=0)).initial_cost
 
 
 def test_a_point_out_of_view_costs_as_much_as_a_random_match(rng):

@@ -63,7 +63,8 @@ class BenchCommand:
 
 def main(command: BenchCommand) -> Dict:
     """Runs the benchmark; returns the results document (also written to results.json)."""
-    from nifr_ns.benchmark import Harness, run_method, success_rate, sweep_inits
+    from nifr_ns.benchmark import Harness, run_method
+    from nifr_ns.geometry import pose_errors
     from nifr_ns.metrics import cumulative_error_plot, metrics_table, pose_metrics
     from nifr_ns.pipeline import load_pipeline
     from nifr_ns.queries import load_query_set
@@ -84,7 +85,7 @@ def main(command: BenchCommand) -> Dict:
         for method in command.methods:
             task = progress.add_task(method, total=len(queries))
             runs[method] = run_method(harness, method, queries, inits, lambda: progress.advance(task))
-    initial_trans = pose_errors_of(inits, gt)[0]
+    initial_trans = pose_errors(np.stack(inits), gt)[0]
     rows = {m: run.row(gt, command.thresholds, initial_trans) for m, run in runs.items()}
 
     grades = query_grades(command.scene_json or find_scene_json(command.queries), [q.name for q in queries])
@@ -126,12 +127,6 @@ def main(command: BenchCommand) -> Dict:
     if sweep is not None:
         basin_plot(sweep, command.output / "basin.png")
     return doc
-
-
-def pose_errors_of(poses: List[np.ndarray], gt: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    from nifr_ns.geometry import pose_errors
-
-    return pose_errors(np.stack(poses), gt)
 
 
 def feature_quality(harness, queries, pipeline) -> Dict[str, float]:
