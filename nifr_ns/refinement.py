@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Callable, Dict, List, Literal, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -148,6 +148,17 @@ class Rendering:
     """Which pixels of the grid are the M lifted ones."""
 
 
+class Stage(NamedTuple):
+    """One step of the coarse-to-fine schedule: render at ``stride``, lift, solve against ``fmap``."""
+
+    fmap: Float[Tensor, "C h w"]
+    stride: int
+    renders: int
+    targets: Callable[[Rendering], Tuple[Tensor, Tensor]]
+    """The rendering's points and the values ``fmap`` must match at their projections."""
+    lm: LMConfig
+
+
 class PoseRefiner:
     """Refines query poses against one trained nifr pipeline."""
 
@@ -237,27 +248,22 @@ class PoseRefiner:
         K = torch.from_numpy(intrinsics.K()).to(self.device, torch.float64)
         hw = (intrinsics.height, intrinsics.width)
         T_init = self.to_nerfstudio(T_cw_init).to(self.device)
+        stages = self.stages(levels, polish)
         converged = True  # render-compare runs a fixed number of steps
         if self.config.mode == "render-compare":
             T, iterations = self.render_and_compare(levels[-1], intrinsics, T_init), self.config.render_compare_steps
         else:
             T, iterations = T_init.clone(), 0
-            for fmap, stride in zip(levels, self.config.render_strides):
-                for _ in range(self.config.renders_per_level):
-                    rendering = self.render(T, intrinsics, stride)
+            for stage in stages:
+                for _ in range(stage.renders):
+                    rendering = self.render(T, intrinsics, stage.stride)
                     if len(rendering.points) < 6:
                         break
-                    result = lm_refine(T, *self.targets(rendering), fmap, K, hw, self.config.lm)
+                    result = lm_refine(T, *stage.targets(rendering), stage.fmap, K, hw, stage.lm)
                     T, iterations, converged = result.T_cw, iterations + result.iterations, result.converged
-            for _ in range(self.config.polish.renders if polish is not None else 0):
-                rendering = self.render(T, intrinsics, self.config.polish.stride)
-                if len(rendering.points) < 6:
-                    break
-                result = lm_refine(T, *self.polish_targets(rendering), polish, K, hw, self.polish_lm)
-                T, iterations, converged = result.T_cw, iterations + result.iterations, result.converged
         # judge both poses by the same measure: the last stage's, rendered at each pose
-        initial_cost, _ = self.cost(T_init, levels[-1], polish, intrinsics, K, hw)
-        final_cost, inlier_ratio = self.cost(T, levels[-1], polish, intrinsics, K, hw)
+        initial_cost, _ = self.cost(T_init, stages[-1], intrinsics, K, hw)
+        final_cost, inlier_ratio = self.cost(T, stages[-1], intrinsics, K, hw)
         improved = final_cost < initial_cost and self.within_trust_region(T_init, T)
         return QueryResult(
             name=name,
@@ -283,31 +289,33 @@ class PoseRefiner:
         values = rendering.rgb if self.config.mode == "photometric" else rendering.features
         return rendering.points.double(), values.double()
 
-    def cost(
-        self, T: Tensor, fmap: Tensor, polish: Optional[Tensor], intrinsics: Intrinsics, K: Tensor, hw: Tuple[int, int]
-    ) -> Tuple[float, float]:
-        """Robust cost and inlier ratio at pose T (rendered there) of the last stage: the polish stage
-        when given its map, else the fine level ``fmap``; inf if nothing is visible."""
+    def stages(self, levels: List[Tensor], polish: Optional[Tensor]) -> List[Stage]:
+        """The encoder's levels, coarse to fine, then the polish stage when given its map."""
+        stages = [
+            Stage(fmap, stride, self.config.renders_per_level, self.targets, self.config.lm)
+            for fmap, stride in zip(levels, self.config.render_strides)
+        ]
         if polish is not None:
-            rendering = self.render(T, intrinsics, self.config.polish.stride)
-            targets, fmap, lm = self.polish_targets(rendering), polish, self.polish_lm
-        else:
-            rendering = self.render(T, intrinsics, self.config.render_strides[-1])
-            targets, lm = self.targets(rendering), self.config.lm
+            cfg = self.config.polish
+            polish_lm = replace(self.config.lm, robust_scale=cfg.robust_scale)
+            stages.append(Stage(polish, cfg.stride, cfg.renders, self.polish_targets, polish_lm))
+        return stages
+
+    def cost(
+        self, T: Tensor, stage: Stage, intrinsics: Intrinsics, K: Tensor, hw: Tuple[int, int]
+    ) -> Tuple[float, float]:
+        """Robust cost and inlier ratio of ``stage`` at pose T (rendered there); inf if nothing is visible."""
+        rendering = self.render(T, intrinsics, stage.stride)
         if len(rendering.points) < 6:
             return float("inf"), 0.0
         # zero iterations: the solver's own cost and inlier ratio at T
-        result = lm_refine(T, *targets, fmap, K, hw, replace(lm, max_iterations=0))
+        result = lm_refine(T, *stage.targets(rendering), stage.fmap, K, hw, replace(stage.lm, max_iterations=0))
         return result.initial_cost, result.inlier_ratio
 
     # the polish stage ---------------------------------------------------------------------
     @property
     def polishes(self) -> bool:
         return self.config.mode == "features" and self.config.polish.enabled
-
-    @property
-    def polish_lm(self) -> LMConfig:
-        return replace(self.config.lm, robust_scale=self.config.polish.robust_scale)
 
     def polish_map(self, image: Float[Tensor, "H W 3"], fine: Float[Tensor, "D h w"]) -> Float[Tensor, "C hp wp"]:
         """The query side of the polish stage: its finest features and weighted normalised intensity,
