@@ -167,19 +167,20 @@ def ranking_loss(
 
 
 def multiview_pairs(
-    points_world: Float[Tensor, "M 3"],
-    T_cw_b: Float[Tensor, "4 4"],
-    K_b: Float[Tensor, "3 3"],
+    points_world: Float[Tensor, "*P M 3"],
+    T_cw_b: Float[Tensor, "*P 4 4"],
+    K_b: Float[Tensor, "*P 3 3"],
     image_hw: Tuple[int, int],
-    depth_b: Union[Callable[[Tensor], Tensor], Float[Tensor, " M"], None],
+    depth_b: Union[Callable[[Tensor, Tensor], Tensor], Float[Tensor, "*P M"], None],
     rel_tol: float,
-) -> Tuple[Float[Tensor, "M 2"], Bool[Tensor, " M"]]:
-    """Projects points lifted from image A (with A's rendered depth) into image B.
+) -> Tuple[Float[Tensor, "*P M 2"], Bool[Tensor, "*P M"]]:
+    """Projects points lifted from image A (with A's rendered depth) into image B, for P pairs at once.
 
     ``T_cw_b`` is B's world-to-camera pose (OpenCV axes) in the frame of ``points_world``.
     ``depth_b`` is B's z-depth (along its optical axis, not the range along the ray) at the
-    projections: a function of uv (V, 2) -> (V,), called once with the V in-view points only,
-    or the (M,) values, or None to skip the occlusion test.
+    projections: a function of (uv (V, 2), pair (V,)) -> (V,), called once with the V in-view
+    points of all pairs and each one's pair index (0 without the leading P), or the (*P, M)
+    values, or None to skip the occlusion test.
     Returns uv_b (pixel-centre convention; finite for every point) and valid: in front of B,
     inside B's image and, with depth, not occluded: |z_b - depth_b| <= rel_tol * z_b.
     """
@@ -190,12 +191,18 @@ def multiview_pairs(
     uv, z = project(transform_points(T_cw_b, points_world), K_b)
 
     height, width = image_hw
-    valid = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+    u, v = uv[..., 0], uv[..., 1]
+    valid = (z > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
     if depth_b is not None:
         # Only in-view points are tested, so that a rendering callable renders no wasted rays.
-        in_view = valid.nonzero()[:, 0]
-        depth = depth_b(uv[in_view]) if callable(depth_b) else depth_b[in_view]
-        valid[in_view] = (z[in_view] - depth).abs() <= rel_tol * z[in_view]
+        flat_valid, flat_z = valid.view(-1, valid.shape[-1]), z.view(-1, z.shape[-1])
+        pair, point = flat_valid.nonzero(as_tuple=True)
+        if callable(depth_b):
+            depth = depth_b(uv.view(-1, *uv.shape[-2:])[pair, point], pair)
+        else:
+            depth = depth_b.view(-1, depth_b.shape[-1])[pair, point]
+        in_z = flat_z[pair, point]
+        flat_valid[pair, point] = (in_z - depth).abs() <= rel_tol * in_z
     return uv, valid
 
 

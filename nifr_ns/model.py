@@ -295,28 +295,28 @@ class NifrModel(NerfactoModel):
         other = torch.roll(torch.arange(g, device=self.device), -1)
         T_cw = torch.from_numpy(opengl_c2w_to_T_cw(cameras.camera_to_worlds.detach().cpu().numpy())).to(f3d)
         K = cameras.get_intrinsics_matrices().to(self.device)
-        total = f3d.new_zeros(())
-        for a, b in enumerate(other.tolist()):
-            camera_b = cameras[b : b + 1]
-            uv_b, visible = losses.multiview_pairs(
-                points[a], T_cw[b], K[b], hw, lambda uv: self.render_z_depth(camera_b, uv),
-                self.config.multiview_occlusion_tol,
-            )
-            enc_b = sample_features(fine[b : b + 1], uv_b[None], hw)[0]
-            total = total + losses.multiview_loss(f3d[a], enc_b, visible, self.config.temperature)
-        return total / g
+        cameras_b = cameras[other]
+        # one rendering of every pair's in-view projections: four small ones cost twice as much on a CPU
+        uv_b, visible = losses.multiview_pairs(
+            points, T_cw[other], K[other], hw, lambda uv, pair: self.render_z_depth(cameras_b, uv, pair),
+            self.config.multiview_occlusion_tol,
+        )
+        enc_b = sample_features(fine[other], uv_b, hw)
+        tau = self.config.temperature
+        return sum(losses.multiview_loss(f3d[a], enc_b[a], visible[a], tau) for a in range(g)) / g
 
     @torch.no_grad()
-    def render_z_depth(self, camera: Cameras, uv: Tensor) -> Tensor:
-        """z-depth (along the optical axis) rendered at pixels ``uv`` (M, 2) of one camera; geometry only."""
+    def render_z_depth(self, cameras: Cameras, uv: Tensor, camera_indices: Tensor) -> Tensor:
+        """z-depth (along the optical axis) rendered at pixels ``uv`` (M, 2) of ``cameras[camera_indices]``
+        (M,); geometry only."""
         if len(uv) == 0:
             return uv.new_zeros(0)
-        rays = self.collider(camera.generate_rays(camera_indices=0, coords=uv.flip(-1)))
+        rays = self.collider(cameras.generate_rays(camera_indices=camera_indices[:, None], coords=uv.flip(-1)))
         samples, _, _ = self.proposal_sampler(rays, density_fns=self.density_fns)
         density, _ = self.field.get_density(samples)
         depth = self.renderer_expected_depth(weights=samples.get_weights(density), ray_samples=samples)[..., 0]
-        optical_axis = -camera.camera_to_worlds[0, :, 2]  # OpenGL cameras look down -z
-        return depth * (rays.directions @ optical_axis)
+        optical_axes = -cameras.camera_to_worlds[camera_indices, :, 2]  # OpenGL cameras look down -z
+        return depth * (rays.directions * optical_axes).sum(dim=-1)
 
     def get_image_metrics_and_images(
         self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]

@@ -259,12 +259,13 @@ def test_multiview_pairs_rejects_out_of_view_behind_and_occluded_points() -> Non
 
     asked = []
 
-    def depth_b(uv: torch.Tensor) -> torch.Tensor:
-        asked.append(uv)
+    def depth_b(uv: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+        asked.append((uv, pair))
         return torch.full(uv.shape[:1], surface_depth, dtype=uv.dtype)
 
     uv, valid = multiview_pairs(points, T_cw, K, (height, width), depth_b, rel_tol=0.05)
-    assert len(asked) == 1 and torch.equal(asked[0], uv[:2])  # rendering is asked for in-view points only
+    assert len(asked) == 1 and torch.equal(asked[0][0], uv[:2])  # rendering is asked for in-view points only
+    assert asked[0][1].tolist() == [0, 0]
     assert valid.tolist() == [True, False, False, False]
     z = points[0, 2] + 1.0
     expected = torch.stack([focal * points[0, 0] / z + width / 2, focal * points[0, 1] / z + height / 2])
@@ -276,6 +277,28 @@ def test_multiview_pairs_rejects_out_of_view_behind_and_occluded_points() -> Non
     assert torch.equal(valid_given_depths, valid)
     _, valid_without_depth = multiview_pairs(points, T_cw, K, (height, width), None, 0.05)
     assert valid_without_depth.tolist() == [True, True, False, False]
+
+
+def test_multiview_pairs_batched_equals_pair_by_pair_with_one_rendering_call() -> None:
+    torch.manual_seed(0)
+    K = torch.tensor([[50.0, 0.0, 32.0], [0.0, 50.0, 24.0], [0.0, 0.0, 1.0]])
+    points = torch.randn(3, 20, 3) * torch.tensor([1.0, 1.0, 0.3]) + torch.tensor([0.0, 0.0, 2.0])
+    T_cw = torch.eye(4).repeat(3, 1, 1)
+    T_cw[:, :3, 3] = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.0, 0.5], [-0.2, 0.1, -0.5]])
+    walls = torch.tensor([2.0, 2.3, 1.6])  # each view B sees a fronto-parallel wall at its own depth
+    calls = []
+
+    def depth_b(uv: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+        calls.append(len(uv))
+        return walls[pair]
+
+    uv, valid = multiview_pairs(points, T_cw, K, (48, 64), depth_b, rel_tol=0.1)
+    assert len(calls) == 1 and uv.shape == (3, 20, 2) and valid.shape == (3, 20)
+    for p in range(3):
+        uv_p, valid_p = multiview_pairs(points[p], T_cw[p], K, (48, 64), lambda uv, _: walls[p].expand(len(uv)), 0.1)
+        torch.testing.assert_close(uv[p], uv_p)
+        assert torch.equal(valid[p], valid_p)
+    assert 0 < valid.sum() < valid.numel()  # the test exercises both outcomes
 
 
 def test_multiview_pairs_occlusion_tolerance_is_relative() -> None:
