@@ -4,13 +4,14 @@ Each batch holds a few overlapping training images (an anchor and some of its ne
 views), whole, for the image encoder, and a group of pixels per image (in small clusters)
 whose rays are rendered. Pixels of one image are each other's negatives; the other images
 of the batch give the cross-view pairs. When the dataset has depth maps (the synthetic
-scene, 7-Scenes), the depth at the sampled pixels comes along for the optional depth loss.
+scene, 7-Scenes), every image comes with its depth: the sampled pixels' for the optional
+depth loss, the held-out views' for the depth-error metric.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple, Type
+from typing import Dict, Tuple, Type
 
 import numpy as np
 import torch
@@ -20,6 +21,31 @@ from torch import Tensor
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
+from nerfstudio.data.datasets.base_dataset import InputDataset
+
+
+class SensorDepthDataset(InputDataset):
+    """nerfstudio's image dataset plus each image's sensor z-depth where the dataparser lists depth
+    files (nerfstudio's DepthDataset would estimate missing depth with a downloaded network)."""
+
+    def __init__(self, dataparser_outputs: DataparserOutputs, scale_factor: float = 1.0) -> None:
+        super().__init__(dataparser_outputs, scale_factor)
+        meta = dataparser_outputs.metadata
+        self.depth_filenames = meta.get("depth_filenames") or None
+        self.depth_scale = meta.get("depth_unit_scale_factor", 1e-3) * dataparser_outputs.dataparser_scale
+
+    def get_metadata(self, data: Dict) -> Dict:
+        if self.depth_filenames is None:
+            return {}
+        filename = self.depth_filenames[data["image_idx"]]
+        height, width = data["image"].shape[:2]
+        with Image.open(filename) as depth_image:
+            if self.scale_factor != 1.0:  # the images were resized by camera_res_scale_factor
+                depth_image = depth_image.resize((width, height), Image.NEAREST)
+            depth = np.asarray(depth_image, dtype=np.float32) * self.depth_scale
+        if depth.shape != (height, width):
+            raise ValueError(f"{filename}: depth is {depth.shape[1]}x{depth.shape[0]}, its image {width}x{height}")
+        return {"depth": torch.from_numpy(depth)}
 
 
 @dataclass
@@ -39,7 +65,7 @@ class NifrDataManagerConfig(VanillaDataManagerConfig):
     # the total number of rays stays train_num_rays_per_batch, split evenly between the images
 
 
-class NifrDataManager(VanillaDataManager):
+class NifrDataManager(VanillaDataManager[SensorDepthDataset]):
     """VanillaDataManager whose training batches are per-image pixel groups with their images."""
 
     config: NifrDataManagerConfig
@@ -53,7 +79,7 @@ class NifrDataManager(VanillaDataManager):
         self.train_image_idx: Tensor = images["image_idx"]  # (N,) dataset index of each cached image
         self.neighbours = nearest_views(self.train_dataset.cameras.camera_to_worlds[self.train_image_idx])
         self.generator = torch.Generator().manual_seed(0)
-        self.train_depths = load_depths(self.train_dataparser_outputs, self.train_image_idx, self.train_images.shape[1:3])
+        self.train_depths: Tensor | None = images.get("depth")  # (N, H, W) z-depth, 0 = unknown
 
     @property
     def pixels_per_image(self) -> int:
@@ -116,18 +142,3 @@ def nearest_views(c2w: Tensor) -> Tensor:
     cost = torch.cdist(centres, centres) / spread + (1.0 - axes @ axes.T)
     cost.fill_diagonal_(float("inf"))
     return cost.argsort(dim=1)[:, :-1]
-
-
-def load_depths(outputs: DataparserOutputs, image_idx: Tensor, hw: Tuple[int, int]) -> Optional[Tensor]:
-    """z-depth maps of the cached images in nerfstudio's scaled units, (N, H, W), 0 = unknown; None without depth."""
-    filenames = outputs.metadata.get("depth_filenames")
-    if not filenames:
-        return None
-    scale = outputs.metadata.get("depth_unit_scale_factor", 1e-3) * outputs.dataparser_scale
-    depths = []
-    for i in image_idx.tolist():
-        depth = np.asarray(Image.open(filenames[i]), dtype=np.float32) * scale
-        if depth.shape != tuple(hw):
-            raise ValueError(f"{filenames[i]}: depth is {depth.shape[1]}x{depth.shape[0]}, its image {hw[1]}x{hw[0]}")
-        depths.append(torch.from_numpy(depth))
-    return torch.stack(depths)

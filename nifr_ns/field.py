@@ -28,6 +28,7 @@ from nerfstudio.field_components.encodings import Encoding, HashEncoding, KPlane
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.mlp import MLP
 from nerfstudio.field_components.spatial_distortions import SpatialDistortion
+from nerfstudio.model_components.losses import tv_loss
 from nerfstudio.fields.base_field import Field, get_normalized_directions
 
 FEATURE = "feature"
@@ -76,6 +77,10 @@ class MultiResTriplaneEncoding(Encoding):
     def forward(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out"]:
         x = in_tensor * 2.0 - 1.0
         return torch.cat([p(x) for p in self.planes], dim=-1)
+
+    def total_variation(self) -> Float[Tensor, ""]:
+        """Total variation of every plane (K-Planes' spatial smoothness), summed over resolutions."""
+        return sum(tv_loss(torch.stack(list(p.plane_coefs))) for p in self.planes)
 
 
 def normalized_positions(

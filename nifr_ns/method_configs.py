@@ -81,6 +81,12 @@ def nifr_small_config() -> TrainerConfig:
     "last_sample" background, 2000 iterations on the synthetic room painted it on a shell far
     beyond the walls (rendered depth about 10x the true depth), which misplaces every lifted
     point. For outdoor scenes with sky use ``nifr`` or ``--pipeline.model.background-color last_sample``.
+
+    Three images per batch (the encoder is a third of a step on a CPU) and a total-variation
+    prior on the density tri-planes. Measured on the default synthetic scene, 2000 iterations
+    on 2 CPU cores, one run each (held-out PSNR; median relative depth error of the held-out
+    views): four images 21.31 dB, 8.3 %; three 22.84 dB, 5.8 %; three with the prior 23.11 dB,
+    4.4 %. A step takes 0.285 s with four images, 0.252 s with three (profiled, same machine).
     """
     iters = 2000
     triplane = EncodingConfig(kind="triplane", resolutions=(64, 128, 256), features_per_level=8)
@@ -97,9 +103,11 @@ def nifr_small_config() -> TrainerConfig:
                 dataparser=NerfstudioDataParserConfig(),
                 train_num_rays_per_batch=1024,
                 eval_num_rays_per_batch=1024,
+                images_per_batch=3,
             ),
             model=NifrModelConfig(
                 eval_num_rays_per_chunk=4096,
+                plane_tv_loss_mult=2e-4,
                 average_init_density=0.01,
                 background_color="random",
                 implementation="torch",

@@ -29,7 +29,7 @@ from nerfstudio.utils import colormaps
 
 from nifr_ns import checkpoints, losses
 from nifr_ns.encoder import ImageEncoderConfig, sample_features
-from nifr_ns.field import FEATURE, EncodingConfig, NifrField, ProposalDensityField
+from nifr_ns.field import FEATURE, EncodingConfig, MultiResTriplaneEncoding, NifrField, ProposalDensityField
 from nifr_ns.geometry import opengl_c2w_to_T_cw
 from nifr_ns.metrics import match_accuracy
 from nifr_ns.visualization import FeaturePCA
@@ -96,6 +96,9 @@ class NifrModelConfig(NerfactoModelConfig):
     """Encoder feature closer to the 3D feature at the rendered surface than to features off it."""
     ranking_margin: float = 0.2
     """Similarity margin between the surface and the farthest sample of a ray."""
+    plane_tv_loss_mult: float = 0.0
+    """Total variation of the density and proposal tri-planes (K-Planes): smooths the geometry
+    where few rays constrain it (0: off; no effect on hash grids)."""
     depth_loss_mult: float = 0.0
     """L1 between rendered and sensor z-depth, where the dataset has depth (0: off, the geometry comes from RGB alone)."""
     geometry_warmup_steps: int = 300
@@ -204,6 +207,8 @@ class NifrModel(NerfactoModel):
             # feature losses must not bend the geometry through the rendering weights
             "feature": render_features(field_outputs[FEATURE], weights.detach()),
         }
+        # z-depth, along the optical axis as sensors measure it (the renderers give range along the ray)
+        outputs["z_depth"] = outputs["expected_depth"][..., 0] / ray_bundle.metadata["directions_norm"][..., 0]
         with torch.no_grad():
             outputs["depth"] = self.renderer_depth(weights=weights, ray_samples=ray_samples)
         if not self.training:
@@ -216,7 +221,6 @@ class NifrModel(NerfactoModel):
             t_mid = ((ray_samples.frustums.starts + ray_samples.frustums.ends) / 2)[..., 0]
             outputs["sample_distance"] = (t_mid - outputs["expected_depth"].detach()).abs()
             outputs["points"] = (ray_bundle.origins + ray_bundle.directions * outputs["expected_depth"]).detach()
-            outputs["z_depth"] = outputs["expected_depth"][..., 0] / ray_bundle.metadata["directions_norm"][..., 0]
         for i in range(self.config.num_proposal_iterations):
             outputs[f"prop_depth_{i}"] = self.renderer_depth(weights=weights_list[i], ray_samples=ray_samples_list[i])
         return outputs
@@ -225,6 +229,11 @@ class NifrModel(NerfactoModel):
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
         if self.training and "full_images" in batch:
             loss_dict.update(self.feature_losses(outputs, batch))
+        if self.training and self.config.plane_tv_loss_mult > 0:
+            geometry = [self.field.mlp_base[0]] + [p.mlp_base[0] for p in self.proposal_networks]
+            planes = [e for e in geometry if isinstance(e, MultiResTriplaneEncoding)]
+            if planes:
+                loss_dict["plane_tv_loss"] = self.config.plane_tv_loss_mult * sum(e.total_variation() for e in planes)
         if self.training and "depth" in batch and self.config.depth_loss_mult > 0:
             loss_dict["depth_loss"] = self.config.depth_loss_mult * depth_loss(outputs["z_depth"], batch["depth"].to(self.device))
         return loss_dict
@@ -329,6 +338,8 @@ class NifrModel(NerfactoModel):
         with torch.no_grad():
             fine = self.encoder(gt)[-1][0]
         metrics.update(match_accuracy(fine, outputs["feature"]))
+        if "depth" in batch:
+            metrics["depth_rel_error"] = depth_rel_error(outputs["z_depth"], batch["depth"].to(self.device))
         images = {
             "feature_pca": torch.cat([self.feature_pca(fine.permute(1, 2, 0)), outputs["feature_pca"]], dim=1),
             "img": torch.cat([gt_rgb, predicted_rgb], dim=1),
@@ -355,3 +366,12 @@ def depth_loss(z_depth: Tensor, sensor: Tensor) -> Tensor:
     """Mean absolute z-depth error (R,) vs (R,) over pixels with a known depth (sensor > 0)."""
     valid = sensor > 0
     return ((z_depth - sensor).abs() * valid).sum() / valid.sum().clamp_min(1)
+
+
+def depth_rel_error(z_depth: Tensor, sensor: Tensor) -> float:
+    """Median of |rendered - sensor| / sensor z-depth over pixels with a known depth (sensor > 0);
+    ``z_depth`` holds as many values as ``sensor`` (an image's (H, W, 1) for its (H, W))."""
+    z_depth, valid = z_depth.reshape(sensor.shape), sensor > 0
+    if not valid.any():
+        return float("nan")
+    return float(((z_depth[valid] - sensor[valid]).abs() / sensor[valid]).median())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nifr_ns.field import EncodingConfig, NifrField
+from nifr_ns.field import EncodingConfig, MultiResTriplaneEncoding, NifrField
 
 TRIPLANE = EncodingConfig(kind="triplane", resolutions=(8, 16), features_per_level=4)
 
@@ -75,3 +75,22 @@ def test_a_bounded_field_maps_its_scene_box_to_the_unit_cube_and_is_empty_outsid
     field.aabb.copy_(aabb)
     density, _ = field.get_density(samples)
     assert density[2].item() == 0.0 and (density[:2] > 0).all()
+
+
+def test_triplane_total_variation_is_zero_when_constant_and_descending_it_smooths() -> None:
+    encoding = MultiResTriplaneEncoding((8, 16), channels=4)
+    with torch.no_grad():
+        for plane in encoding.parameters():
+            plane.fill_(0.3)
+    assert encoding.total_variation().item() == 0.0
+
+    torch.manual_seed(0)
+    encoding = MultiResTriplaneEncoding((8, 16), channels=4)
+    before = encoding.total_variation()
+    assert before > 0
+    before.backward()
+    assert all(plane.grad is not None and plane.grad.abs().sum() > 0 for plane in encoding.parameters())
+    with torch.no_grad():
+        for plane in encoding.parameters():
+            plane -= 0.1 * plane.grad
+    assert encoding.total_variation() < before

@@ -49,7 +49,21 @@ def test_ns_eval_reads_the_checkpoint(trained_tiny: Path, tmp_path: Path) -> Non
         check=True,
         capture_output=True,
     )
-    assert json.loads(out.read_text())["results"]["psnr"] > 15.0
+    results = json.loads(out.read_text())["results"]
+    assert results["psnr"] > 15.0
+    assert 0.0 <= results["depth_rel_error"] < 0.5  # the synthetic scene has depth: ns-eval reports its error
+
+
+def test_depth_error_grows_when_the_sensor_depth_is_wrong(loaded) -> None:
+    _, pipeline = loaded
+    dataset = pipeline.datamanager.eval_dataset
+    batch = dataset[0]
+    assert batch["depth"].shape == batch["image"].shape[:2]  # each view comes with its depth
+    with torch.no_grad():
+        outputs = pipeline.model.get_outputs_for_camera(dataset.cameras[0:1])
+    metrics, _ = pipeline.model.get_image_metrics_and_images(outputs, batch)
+    doubled, _ = pipeline.model.get_image_metrics_and_images(outputs, {**batch, "depth": batch["depth"] * 2})
+    assert metrics["depth_rel_error"] < doubled["depth_rel_error"]
 
 
 def test_loading_another_method_is_refused(tmp_path: Path) -> None:

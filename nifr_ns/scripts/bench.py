@@ -130,7 +130,8 @@ def main(command: BenchCommand) -> Dict:
 
 
 def feature_quality(harness, queries, pipeline) -> Dict[str, float]:
-    """Encoder vs rendered features at each query's true pose (1 and 3 px), and held-out PSNR."""
+    """Encoder vs rendered features at each query's true pose (1 and 3 px), held-out PSNR and,
+    with depth, the held-out views' median relative depth error."""
     from nifr_ns.metrics import match_accuracy
 
     refiner = harness.refiners["features"]
@@ -140,7 +141,10 @@ def feature_quality(harness, queries, pipeline) -> Dict[str, float]:
         rendered = refiner.render(refiner.to_nerfstudio(q.T_cw_gt).to(refiner.device), q.intrinsics, 1).feature_image
         matches.append(match_accuracy(fine, rendered))
     quality = {key: float(np.mean([m[key] for m in matches])) for key in matches[0]}
-    quality["heldout_psnr"] = float(pipeline.get_average_eval_image_metrics()["psnr"])
+    heldout = pipeline.get_average_eval_image_metrics()
+    quality["heldout_psnr"] = float(heldout["psnr"])
+    if "depth_rel_error" in heldout:  # datasets with depth
+        quality["heldout_depth_rel_error"] = float(heldout["depth_rel_error"])
     return quality
 
 
