@@ -3,6 +3,7 @@
 ``match_accuracy``: how often a pixel's encoder feature finds, by nearest neighbour among
 the features rendered at the true pose, the right pixel. It is what feature-metric
 refinement relies on, so it is logged during evaluation and reported by the benchmarks.
+``depth_rel_error``: how far the rendered depth, from which refinement lifts its points, is off.
 ``pose_metrics`` and friends: the medians and recalls of DESIGN.md, as rich tables,
 Markdown and cumulative-error PNGs.
 """
@@ -49,6 +50,15 @@ def match_accuracy(
 
 DEFAULT_THRESHOLDS: Tuple[Tuple[float, float], ...] = ((0.01, 1.0), (0.02, 2.0), (0.05, 5.0), (0.25, 2.0), (0.5, 5.0))
 """Recall thresholds (translation in scene units, here metres; rotation in degrees) of DESIGN.md."""
+
+
+def depth_rel_error(z_depth: Tensor, sensor: Tensor) -> float:
+    """Median of |rendered - sensor| / sensor z-depth over pixels with a known depth (sensor > 0);
+    ``z_depth`` holds as many values as ``sensor`` (an image's (H, W, 1) for its (H, W))."""
+    z_depth, valid = z_depth.reshape(sensor.shape), sensor > 0
+    if not valid.any():
+        return float("nan")
+    return float(((z_depth[valid] - sensor[valid]).abs() / sensor[valid]).median())
 
 
 def threshold_label(threshold: Tuple[float, float]) -> str:

@@ -31,7 +31,7 @@ from nifr_ns import checkpoints, losses
 from nifr_ns.encoder import ImageEncoderConfig, sample_features
 from nifr_ns.field import FEATURE, EncodingConfig, MultiResTriplaneEncoding, NifrField, ProposalDensityField
 from nifr_ns.geometry import opengl_c2w_to_T_cw
-from nifr_ns.metrics import match_accuracy
+from nifr_ns.metrics import depth_rel_error, match_accuracy
 from nifr_ns.visualization import FeaturePCA
 
 checkpoints.allow_numpy_scalars()
@@ -366,12 +366,3 @@ def depth_loss(z_depth: Tensor, sensor: Tensor) -> Tensor:
     """Mean absolute z-depth error (R,) vs (R,) over pixels with a known depth (sensor > 0)."""
     valid = sensor > 0
     return ((z_depth - sensor).abs() * valid).sum() / valid.sum().clamp_min(1)
-
-
-def depth_rel_error(z_depth: Tensor, sensor: Tensor) -> float:
-    """Median of |rendered - sensor| / sensor z-depth over pixels with a known depth (sensor > 0);
-    ``z_depth`` holds as many values as ``sensor`` (an image's (H, W, 1) for its (H, W))."""
-    z_depth, valid = z_depth.reshape(sensor.shape), sensor > 0
-    if not valid.any():
-        return float("nan")
-    return float(((z_depth[valid] - sensor[valid]).abs() / sensor[valid]).median())
