@@ -200,7 +200,7 @@ def multiview_pairs(
         if callable(depth_b):
             depth = depth_b(uv.view(-1, *uv.shape[-2:])[pair, point], pair)
         else:
-            depth = depth_b.view(-1, depth_b.shape[-1])[pair, point]
+            depth = depth_b.reshape(-1, depth_b.shape[-1])[pair, point]
         in_z = flat_z[pair, point]
         flat_valid[pair, point] = (in_z - depth).abs() <= rel_tol * in_z
     return uv, valid

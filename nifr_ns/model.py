@@ -305,7 +305,7 @@ class NifrModel(NerfactoModel):
         T_cw = torch.from_numpy(opengl_c2w_to_T_cw(cameras.camera_to_worlds.detach().cpu().numpy())).to(f3d)
         K = cameras.get_intrinsics_matrices().to(self.device)
         cameras_b = cameras[other]
-        # one rendering of every pair's in-view projections: four small ones cost twice as much on a CPU
+        # one rendering for every pair's in-view projections: one per pair cost twice as much on a CPU
         uv_b, visible = losses.multiview_pairs(
             points, T_cw[other], K[other], hw, lambda uv, pair: self.render_z_depth(cameras_b, uv, pair),
             self.config.multiview_occlusion_tol,
