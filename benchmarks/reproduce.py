@@ -100,8 +100,9 @@ three training views nearest the initial pose, lifted with depth rendered from t
 model, PnP-RANSAC) and **structure+nifr** (then the nifr LM polish); **retrieval** (the pose
 of the nearest training view by the encoder's global descriptor) and **retrieval+nifr**.
 Add `--methods ... "nifr render-compare"` for the gradient-through-the-renderer mode (slow on a CPU).
-Failures: refinements whose cost did not improve (the initial pose is kept and flagged) and
-PnP without enough inliers. Times exclude map preparation (reference depth, retrieval index),
+Failures: flagged refinements (cost not lower, a move beyond the trust region, or a move the
+normalised intensity alone does not confirm: the initial pose is kept) and PnP without enough
+inliers. Times exclude map preparation (reference depth, retrieval index),
 reported below the tables.
 
 ## Convergence basin

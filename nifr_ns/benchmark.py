@@ -49,7 +49,7 @@ class Outcome:
 
     T_cw: np.ndarray
     failed: bool
-    """Refinement flagged (cost not improved: initial pose kept), PnP without a pose."""
+    """Refinement flagged (initial pose kept, see QueryResult.flag), PnP without a pose."""
     seconds: float
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple
@@ -165,10 +166,17 @@ def write_outputs(command: RefineCommand, query_set, results, refiner) -> None:
         (out / "metrics.md").write_text(metrics_markdown(rows))
         cumulative_error_plot({"initial": before, "refined": after}, out / "errors.png")
         write_figures(out, query_set, results, refiner, command.figures)
-    flagged = sum(not r.improved for r in results)
-    report["summary"] = {"queries": len(results), "flagged": flagged, "mean_seconds": float(np.mean([r.seconds for r in results]))}
+    flags = Counter(r.flag for r in results if not r.improved)
+    flagged = sum(flags.values())
+    report["summary"] = {
+        "queries": len(results),
+        "flagged": flagged,
+        "flags": dict(flags),
+        "mean_seconds": float(np.mean([r.seconds for r in results])),
+    }
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    CONSOLE.print(f"Refined {len(results)} queries ({flagged} flagged: kept their initial pose) -> {out}")
+    reasons = "".join(f"; {count} {flag}" for flag, count in flags.most_common())
+    CONSOLE.print(f"Refined {len(results)} queries ({flagged} flagged, kept their initial pose{reasons}) -> {out}")
 
 
 def write_figures(out: Path, query_set, results, refiner, count: int) -> None:
