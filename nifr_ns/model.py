@@ -77,7 +77,9 @@ class NifrModelConfig(NerfactoModelConfig):
     local_negatives_radius: int = 0
     """In the 3D->2D direction of the contrastive loss, the encoder cells within this many cells
     of the pixel are its negatives (not the other sampled pixels), so that neighbouring pixels
-    learn to differ; 0: the sampled pixels only, in both directions."""
+    learn to differ; 0: the sampled pixels only, in both directions. Measured with nifr-small, radius
+    2 against 0, nifr on 96 graded queries: seed 42 11.1 vs 13.5 cm, seed 1 18.8 vs 17.9 cm, recall
+    at 5 cm / 5 deg equal in both (26 %, 12.5 %): not a clear gain, so off."""
     multiview_loss_mult: float = 0.5
     """Cross-view InfoNCE: a pixel of one image lifted with the rendered depth and projected into another."""
     multiview_occlusion_tol: float = 0.05
