@@ -180,27 +180,28 @@ def test_a_refinement_the_intensity_does_not_confirm_is_flagged(refiner_factory,
         np.testing.assert_array_equal(result.T_cw, init)
 
 
-def test_the_intensity_check_confirms_the_true_pose_and_not_a_wrong_one(refiner_factory, queries) -> None:
-    """The check's measure on the trained tiny model and relit queries: from a start 3 deg / 10 cm
-    off, moving to the true pose lowers the intensity cost by more than the required share,
-    moving to a pose as far off on the other side does not."""
-    refiner = refiner_factory(RefineConfig())
+def test_the_intensity_check_confirms_the_true_pose_and_not_a_wrong_one(exact) -> None:
+    """The check's measure with exact geometry and colour, on relit queries: from a start 3 deg /
+    10 cm off, the true pose lowers the intensity cost by more than the required share, a pose as
+    far off on the other side never does."""
+    query_set, photometric, starts = exact
+    refiner = copy.copy(photometric)
+    refiner.config = RefineConfig()  # the features mode: the polish stage and its check
     gain = refiner.config.polish.verify_gain
-    starts = perturbed_poses(queries, rot_deg=3.0, trans=0.1, seed=4)
     confirmed, wrong_confirmed = [], []
-    for query, start in zip(queries.queries, starts):
-        image = query.load_image()
+    for query, start in zip(query_set.queries, starts):
+        image = relit(query.load_image())
         levels = refiner.encode(image)
         check = refiner.intensity_check(refiner.stages(levels, refiner.polish_map(image, levels[-1]))[-1])
         K = torch.from_numpy(query.intrinsics.K())
         hw = (query.intrinsics.height, query.intrinsics.width)
-        # the start mirrored through the true pose: the same error, the other way
-        wrong = query.T_cw_gt @ invert_pose(start) @ query.T_cw_gt
+        wrong = query.T_cw_gt @ invert_pose(start) @ query.T_cw_gt  # the start's error, the other way
         cost = {name: refiner.costs(refiner.to_nerfstudio(T), [check], query.intrinsics, K, hw)[0][0]
                 for name, T in (("start", start), ("true", query.T_cw_gt), ("wrong", wrong))}
         confirmed.append(cost["true"] <= (1 - gain) * cost["start"])
         wrong_confirmed.append(cost["wrong"] <= (1 - gain) * cost["start"])
-    assert np.mean(confirmed) >= 0.75 and np.mean(wrong_confirmed) <= 0.25, (confirmed, wrong_confirmed)
+    # the polish stage sees these 64x48 queries at 32x24: most, not all, starts are clearly worse
+    assert np.mean(confirmed) >= 0.8 and not any(wrong_confirmed), (confirmed, wrong_confirmed)
 
 
 def test_cli_writes_poses_report_metrics_and_figures(trained_tiny, tiny_scene, tmp_path: Path) -> None:
