@@ -67,8 +67,8 @@ class PolishConfig:
     learned features, agrees with the query clearly better there than at the initial pose: its
     robust cost must fall by at least this share (0: no check). Wrong minima of the learned cost
     lower the features' part of it but not the intensity's. Measured with ``ns-nifr-refine`` on 96
-    graded queries of the default scene (initial errors 10-30 cm / 4-8 deg), nifr-small as
-    ``benchmarks/reproduce.py`` trains it: without the check 37 queries end with a larger
+    graded queries of the default scene (initial errors 10-30 cm / 4-8 deg), nifr-small with its
+    earlier, weaker TV prior (2e-4): without the check 37 queries end with a larger
     translation error and 21 within 5 cm / 5 deg; a required gain of 0.10 / 0.15 / 0.20 leaves
     10 / 8 / 3 of them worse unflagged and keeps 21 / 20 / 19 successes (flagging 33 / 48 / 60).
     The same model trained with another seed (worse geometry): 43 worse without the check, 2 with."""
