@@ -73,6 +73,10 @@ class PolishConfig:
     10 / 8 / 3 of them worse unflagged and keeps 21 / 20 / 19 successes (flagging 33 / 48 / 60).
     The same model trained with another seed (worse geometry): 43 worse without the check, 2 with."""
 
+    def confirms(self, initial_cost: float, final_cost: float) -> bool:
+        """Whether the intensity check's cost fell from the initial pose to the refined one by verify_gain."""
+        return final_cost <= (1.0 - self.verify_gain) * initial_cost
+
 
 def normalized_log_rgb(image: Float[Tensor, "3 h w"], window: int, eps: float = 0.02) -> Float[Tensor, "3 h w"]:
     """Log intensity made zero-mean and unit-variance over each ``window`` x ``window`` neighbourhood,
@@ -284,7 +288,7 @@ class PoseRefiner:
             flag = "cost not lower"
         elif not self.within_trust_region(T_init, T):
             flag = "outside the trust region"
-        elif initial_check and not final_check[0][0] <= (1.0 - self.config.polish.verify_gain) * initial_check[0][0]:
+        elif initial_check and not self.config.polish.confirms(initial_check[0][0], final_check[0][0]):
             flag = "intensity not confirmed"
         else:
             flag = ""
