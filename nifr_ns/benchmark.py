@@ -95,6 +95,7 @@ class Harness:
         self._methods = self._method_table()
 
     def run(self, method: Method, query: Query, image: torch.Tensor, init: np.ndarray) -> Outcome:
+        self.pipeline.eval()  # as in PoseRefiner.refine: the reference depths too must render without jitter
         start = time.perf_counter()
         map_before = sum(self.map_seconds.values())
         T_cw, failed = self._methods[method](query, image, init)

@@ -252,6 +252,9 @@ class PoseRefiner:
         """Refines each initial pose (world frame) and keeps the one of lowest final cost."""
         if any(abs(v) > 0 for v in intrinsics.distortion.values()):
             raise ValueError(f"{name}: distorted cameras are not supported; undistort the query images first")
+        # nerfstudio's evaluation helpers leave the model in training mode, where the encoder
+        # augments its input and the samplers jitter: refinement must never run like that
+        self.model.eval()
         start = time.perf_counter()
         levels = self.encode(image)
         polish = self.polish_map(image, levels[-1]) if self.polishes else None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nifr_ns.benchmark import PeakMemory
+from nifr_ns.benchmark import Harness, HarnessConfig, PeakMemory
 from nifr_ns.scripts.bench import DEFAULT_METHODS, BenchCommand, main, query_grades
 
 
@@ -40,6 +40,27 @@ def test_bench_runs_every_method_with_a_sweep_and_writes_tables(trained_tiny: Pa
     assert "| structure+nifr |" in text and "Convergence basin" in text and "grade: strong" in text
     for png in ("errors.png", "basin.png"):
         assert (out / png).stat().st_size > 0
+
+
+def test_methods_run_in_eval_mode_whatever_mode_the_pipeline_was_left_in(trained_tiny: Path, tiny_scene) -> None:
+    """nerfstudio's get_average_eval_image_metrics ends in training mode (encoder augmentation,
+    sampler jitter); the bench calls it before the methods, which must not see that mode."""
+    from nifr_ns.pipeline import load_pipeline
+    from nifr_ns.queries import load_query_set
+    from nifr_ns.scripts.refine import model_transform
+
+    q = tiny_scene.out / "queries"
+    (query, *_) = load_query_set(q / "init.json", None, q / "gt.json", None, limit=1).queries
+    config, pipeline = load_pipeline(trained_tiny, test_mode="val")
+    harness = Harness(pipeline, model_transform(config), HarnessConfig())
+    image = query.load_image()
+    for method in ("nifr", "structure"):
+        poses = []
+        for _ in range(2):
+            pipeline.train()
+            poses.append(harness.run(method, query, image, query.T_cw_file).T_cw)
+            assert not pipeline.model.training and not pipeline.model.encoder.training
+        np.testing.assert_array_equal(poses[0], poses[1], err_msg=method)
 
 
 def test_query_grades_come_from_scene_json(tmp_path: Path) -> None:
