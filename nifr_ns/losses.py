@@ -1,6 +1,7 @@
 """The self-supervised losses that align the 3D feature field with the 2D image encoder:
 pixel-aligned InfoNCE, the multi-view term, the prototypical (swapped-prediction) loss
-with its Sinkhorn assignment, and the ranking loss from the learned surface.
+with its Sinkhorn assignment, and the ranking loss from the learned surface; and the
+optional sensor-depth loss for RGB-D data.
 
 Pure torch; every weight, temperature and margin is an argument (the model config holds
 the values). Features given to these functions are unit vectors.
@@ -215,3 +216,12 @@ def multiview_loss(
     """Cross-view InfoNCE: the 3D feature of a point of image A and B's encoder feature at the
     point's projection are positives; the other valid pairs are negatives."""
     return info_nce(feat_a[None], enc_b[None], temperature, mask=valid[None])
+
+
+def depth_loss(z_depth: Float[Tensor, " R"], sensor: Float[Tensor, " R"]) -> Float[Tensor, ""]:
+    """Mean absolute z-depth error over the pixels with a known sensor depth (sensor > 0).
+
+    L1 rather than L2 so that the few pixels where a real sensor is wrong (edges, glass, an
+    unregistered depth camera) pull on the geometry no harder than the rest."""
+    valid = sensor > 0
+    return ((z_depth - sensor).abs() * valid).sum() / valid.sum().clamp_min(1)

@@ -6,7 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nifr_ns.losses import info_nce, local_info_nce, multiview_loss, multiview_pairs, prototype_loss, ranking_loss, sinkhorn
+from nifr_ns.losses import (
+    depth_loss,
+    info_nce,
+    local_info_nce,
+    multiview_loss,
+    multiview_pairs,
+    prototype_loss,
+    ranking_loss,
+    sinkhorn,
+)
 
 
 def unit(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -319,3 +328,14 @@ def test_multiview_loss_lower_for_aligned_and_ignores_invalid_pairs() -> None:
     changed[~valid] = unit(int((~valid).sum()), 8)
     torch.testing.assert_close(multiview_loss(feat_a, changed, valid, 0.1), loss)
     assert not math.isnan(multiview_loss(feat_a, enc_b, torch.zeros(20, dtype=torch.bool), 0.1).item())
+
+
+def test_depth_loss_is_the_mean_error_over_pixels_with_sensor_depth() -> None:
+    sensor = torch.tensor([2.0, 0.0, 4.0, 0.0])  # 0: no measurement
+    rendered = torch.tensor([2.5, 9.0, 3.0, 7.0], requires_grad=True)
+    loss = depth_loss(rendered, sensor)
+    assert loss.item() == pytest.approx(0.75)  # (0.5 + 1.0) / 2: the unknown pixels count for nothing
+    loss.backward()
+    assert rendered.grad.tolist() == [0.5, 0.0, -0.5, 0.0]  # pulls each known depth toward the sensor
+    assert depth_loss(sensor.clone(), sensor).item() == 0.0
+    assert depth_loss(rendered, torch.zeros(4)).item() == 0.0  # a view without depth: no loss, no NaN

@@ -101,6 +101,33 @@ def test_a_few_iterations_lower_the_contrastive_loss(tiny_scene) -> None:
     assert contrastive().item() < 0.9 * before
 
 
+def test_sensor_depth_supervises_the_geometry(tiny_scene) -> None:
+    config = tiny_training_config(tiny_scene.out, Path("unused"), 30)
+    torch.manual_seed(0)
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    model, datamanager = pipeline.model, pipeline.datamanager
+    ray_bundle, batch = datamanager.next_train(0)
+    batch = {k: v for k, v in batch.items() if k != "full_images"}  # the geometry alone, no encoder
+
+    def losses() -> dict:
+        outputs = model(ray_bundle)
+        return model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
+
+    assert "depth_loss" not in losses()  # off by default: the geometry comes from RGB alone
+    model.config.depth_loss_mult = 1.0
+    optimizer = torch.optim.Adam(model.get_param_groups()["fields"], lr=1e-2)
+
+    def loss() -> torch.Tensor:
+        return losses()["depth_loss"]
+
+    before = loss().item()
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    assert loss().item() < 0.5 * before  # the rendered depth moves onto the sensor's
+
+
 def test_trained_features_match_the_right_pixel(loaded) -> None:
     """Encoder features of a training view find their pixel among the features rendered at its pose."""
     from nifr_ns.metrics import match_accuracy
