@@ -1,11 +1,14 @@
 """Regenerates benchmarks/README.md (and the headline block of the main README) from a fresh run.
 
-    python benchmarks/reproduce.py [--load-config RUN/config.yml] [--work benchmarks/work]
+    python benchmarks/reproduce.py [--load-config RUN/config.yml] [--load-config-rgbd RUN/config.yml]
+        [--depth-loss-mult 0.2] [--work benchmarks/work]
 
 Steps: the default synthetic scene (seed 0); a graded query set of the same scene (same
 training views, queries cycling through none / mild / strong / strong+occluders); nifr-small
-trained on the scene (skipped with --load-config); ns-nifr-bench with --sweep on the graded
-queries; then the Markdown pages are written from results.json, never edited by hand.
+trained on the scene from RGB alone (skipped with --load-config), and again with its depth
+maps as sensor depth (--depth-loss-mult; skipped with --load-config-rgbd, left out with 0);
+ns-nifr-bench on the graded queries for each (with --sweep for the RGB model); then the
+Markdown pages are written from the results.json files, never edited by hand.
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ def command_line(*args: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--load-config", type=Path, help="a trained nifr model of the default scene (skips training)")
+    parser.add_argument("--load-config", type=Path, help="nifr-small trained on the default scene from RGB (skips training)")
+    parser.add_argument("--load-config-rgbd", type=Path, help="the same with sensor depth (skips its training)")
+    parser.add_argument("--depth-loss-mult", type=float, default=0.2, help="sensor-depth weight of the RGB-D model (0: no RGB-D run)")
     parser.add_argument("--work", type=Path, default=HERE / "work", help="scenes, runs and raw results")
     parser.add_argument("--n-queries", type=int, default=24)
     args = parser.parse_args()
     work = args.work.resolve()
-    scene, graded, results = work / "scene", work / "graded", work / "results"
+    scene, graded = work / "scene", work / "graded"
 
     commands = []
     if not (scene / "transforms.json").exists():
@@ -51,41 +56,69 @@ def main() -> None:
     commands.append(command_line("ns-nifr-synth", str(scene)))
     commands.append(command_line("ns-nifr-synth", str(graded), "--n-queries", str(args.n_queries), "--grades", *GRADES))
 
-    config, train_minutes = args.load_config, None
-    if config is None:
-        start = time.perf_counter()
-        train = ["ns-train", "nifr-small", "--data", str(scene), "--output-dir", str(work / "runs"),
-                 "--timestamp", "bench", "--vis", "tensorboard"]
-        run(str(BIN / train[0]), *train[1:])
-        train_minutes = (time.perf_counter() - start) / 60
-        config = work / "runs" / "scene" / "nifr-small" / "bench" / "config.yml"
-        commands.append(command_line(*train))
-    q = graded / "queries"
-    bench = ["ns-nifr-bench", "--load-config", str(config), "--queries", str(q / "init.txt"),
-             "--ground-truth", str(q / "gt.txt"), "--intrinsics", str(q / "intrinsics.txt"),
-             "--output", str(results), "--sweep"]
-    run(str(BIN / bench[0]), *bench[1:])
-    commands.append(command_line(*bench))
+    rgb = train_and_bench(work, graded, "bench", [], args.load_config, commands, sweep=True)
+    rgbd = None
+    if args.depth_loss_mult > 0:
+        depth = ["--pipeline.model.depth-loss-mult", f"{args.depth_loss_mult:g}"]
+        rgbd = train_and_bench(work, graded, "bench-rgbd", depth, args.load_config_rgbd, commands, sweep=False)
+        rgbd["depth_loss_mult"] = args.depth_loss_mult
 
-    doc = json.loads((results / "results.json").read_text())
     for png in ("basin.png", "errors.png"):
-        shutil.copy(results / png, HERE / png)
-    page = report(doc, (results / "results.md").read_text(), commands, train_minutes)
-    (HERE / "README.md").write_text(page)
-    update_main_readme(doc)
+        shutil.copy(work / "results" / "bench" / png, HERE / png)
+    (HERE / "README.md").write_text(report(rgb, rgbd, commands))
+    update_main_readme(rgb, rgbd)
     print(f"wrote {HERE / 'README.md'}")
 
 
-def report(doc: dict, body: str, commands: list, train_minutes: float | None) -> str:
-    """benchmarks/README.md around the bench's own results.md (``body``)."""
-    trained = f" Training took {train_minutes:.1f} min on the same machine." if train_minutes else ""
+def train_and_bench(
+    work: Path, graded: Path, name: str, overrides: list, config: Path | None, commands: list, sweep: bool
+) -> dict:
+    """Trains nifr-small on the scene with ``overrides`` (unless ``config`` is given), runs ns-nifr-bench
+    on the graded queries; returns the bench's results.json with its results.md and the training time."""
+    train_minutes = None
+    if config is None:
+        start = time.perf_counter()
+        train = ["ns-train", "nifr-small", "--data", str(work / "scene"), "--output-dir", str(work / "runs"),
+                 "--timestamp", name, "--vis", "tensorboard", *overrides]
+        run(str(BIN / train[0]), *train[1:])
+        train_minutes = (time.perf_counter() - start) / 60
+        config = work / "runs" / "scene" / "nifr-small" / name / "config.yml"
+        commands.append(command_line(*train))
+    q, results = graded / "queries", work / "results" / name
+    bench = ["ns-nifr-bench", "--load-config", str(config), "--queries", str(q / "init.txt"),
+             "--ground-truth", str(q / "gt.txt"), "--intrinsics", str(q / "intrinsics.txt"),
+             "--output", str(results), *(["--sweep"] if sweep else [])]
+    run(str(BIN / bench[0]), *bench[1:])
+    commands.append(command_line(*bench))
+    doc = json.loads((results / "results.json").read_text())
+    return {**doc, "body": (results / "results.md").read_text(), "train_minutes": train_minutes}
+
+
+def report(rgb: dict, rgbd: dict | None, commands: list) -> str:
+    """benchmarks/README.md around the benches' own results.md."""
+
+    def trained(doc: dict) -> str:
+        minutes = doc["train_minutes"]
+        return f" Training took {minutes:.1f} min on the same machine." if minutes else ""
+
+    with_depth = "" if rgbd is None else f"""
+## With sensor depth (RGB-D)
+
+The same training plus an L1 loss between the rendered and the scene's z-depth maps
+(`--pipeline.model.depth-loss-mult {rgbd['depth_loss_mult']:g}`), as for an RGB-D capture. The synthetic
+depth is exact, which a real sensor's is not: read this as what better geometry is worth,
+not as a figure for Kinect data.{trained(rgbd)}
+
+{rgbd['body']}"""
     return f"""# Benchmarks
 
-Generated by `python benchmarks/reproduce.py` from `results.json`; do not edit by hand.
+Generated by `python benchmarks/reproduce.py` from the `results.json` files; do not edit by hand.
 
-Measured on: **{doc['machine']}**, model `{doc['method_name']}`, {doc['queries']} queries of the default
-synthetic scene (seed 0) cycling through the appearance grades {', '.join(GRADES)}; initial poses
-10-30 cm and 4-8 degrees from the ground truth.{trained}
+Measured on: **{rgb['machine']}**, model `{rgb['method_name']}` trained from RGB alone (the method
+as published), {rgb['queries']} queries of the default synthetic scene (seed 0) cycling through the
+appearance grades {', '.join(GRADES)}; initial poses 10-30 cm and 4-8 degrees from the ground
+truth.{trained(rgb)} A second model of the same scene also learns from its depth maps
+(*With sensor depth*, below).
 
 ## Reproduce
 
@@ -115,12 +148,11 @@ reported below the tables.
 
 ## Results
 
-{body}
-"""
+{rgb['body']}{with_depth}"""
 
 
-def update_main_readme(doc: dict) -> None:
-    """Replaces the block between the bench markers in the main README with the headline table."""
+def update_main_readme(rgb: dict, rgbd: dict | None) -> None:
+    """Replaces the block between the bench markers in the main README with the headline tables."""
     from nifr_ns.metrics import metrics_markdown
 
     readme = ROOT / "README.md"
@@ -128,10 +160,18 @@ def update_main_readme(doc: dict) -> None:
     if MARK_START not in text or MARK_END not in text:
         return
     keep = ("median_trans", "median_rot", "recall 2cm/2°", "recall 5cm/5°", "failures", "time_mean_s")
-    rows = {m: {k: v for k, v in row.items() if k in keep or k == "count"} for m, row in doc["methods"].items()}
-    block = (f"{MARK_START}\n*{doc['queries']} queries of the default synthetic scene, all appearance grades, "
-             f"{doc['machine']}; from [benchmarks/README.md](benchmarks/README.md), regenerated by "
-             f"`python benchmarks/reproduce.py`.*\n\n{metrics_markdown(rows)}\n![basin](benchmarks/basin.png)\n{MARK_END}")
+
+    def table(doc: dict) -> str:
+        rows = {m: {k: v for k, v in row.items() if k in keep or k == "count"} for m, row in doc["methods"].items()}
+        return metrics_markdown(rows)
+
+    block = (f"{MARK_START}\n*{rgb['queries']} queries of the default synthetic scene, all appearance grades, "
+             f"{rgb['machine']}; from [benchmarks/README.md](benchmarks/README.md), regenerated by "
+             f"`python benchmarks/reproduce.py`.*\n\nTrained from RGB alone:\n\n{table(rgb)}")
+    if rgbd is not None:
+        block += (f"\nTrained with the scene's (exact) depth maps as sensor depth, "
+                  f"`--pipeline.model.depth-loss-mult {rgbd['depth_loss_mult']:g}`:\n\n{table(rgbd)}")
+    block += f"\n![basin](benchmarks/basin.png)\n{MARK_END}"
     start, end = text.index(MARK_START), text.index(MARK_END) + len(MARK_END)
     readme.write_text(text[:start] + block + text[end:])
 
