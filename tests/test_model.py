@@ -77,12 +77,17 @@ def test_loading_another_method_is_refused(tmp_path: Path) -> None:
         load_pipeline(tmp_path / "missing.yml")
 
 
-def test_a_few_iterations_lower_the_contrastive_loss(tiny_scene) -> None:
-    config = tiny_training_config(tiny_scene.out, Path("unused"), 40)
+def _untrained_model_and_batch(tiny_scene, iterations: int):
+    """A freshly set-up nifr-small model of the tiny scene and its first training batch."""
+    config = tiny_training_config(tiny_scene.out, Path("unused"), iterations)
     torch.manual_seed(0)
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
-    model, datamanager = pipeline.model, pipeline.datamanager
-    ray_bundle, batch = datamanager.next_train(0)
+    ray_bundle, batch = pipeline.datamanager.next_train(0)
+    return pipeline.model, ray_bundle, batch
+
+
+def test_a_few_iterations_lower_the_contrastive_loss(tiny_scene) -> None:
+    model, ray_bundle, batch = _untrained_model_and_batch(tiny_scene, 40)
     groups = model.get_param_groups()
     # the learning rates of nifr-small's optimizers
     optimizer = torch.optim.Adam(
@@ -102,11 +107,7 @@ def test_a_few_iterations_lower_the_contrastive_loss(tiny_scene) -> None:
 
 
 def test_sensor_depth_supervises_the_geometry(tiny_scene) -> None:
-    config = tiny_training_config(tiny_scene.out, Path("unused"), 30)
-    torch.manual_seed(0)
-    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
-    model, datamanager = pipeline.model, pipeline.datamanager
-    ray_bundle, batch = datamanager.next_train(0)
+    model, ray_bundle, batch = _untrained_model_and_batch(tiny_scene, 30)
     batch = {k: v for k, v in batch.items() if k != "full_images"}  # the geometry alone, no encoder
 
     def losses() -> dict:
