@@ -144,6 +144,33 @@ def robust_loss(s: Tensor, config: LMConfig) -> tuple[Tensor, Tensor]:
     return s, torch.ones_like(s)
 
 
+def _out_of_view_cost(targets: Tensor, fmap: Tensor, config: LMConfig) -> Tensor:
+    """The robust cost of a random match, charged for a point out of view: the mean squared
+    distance between a target (N, D) and a feature of the map (D, h, w)."""
+    targets = targets.to(torch.float64)
+    map_features = fmap.reshape(fmap.shape[0], -1).T.to(torch.float64)
+    s_out = (
+        targets.var(0, unbiased=False).sum()
+        + map_features.var(0, unbiased=False).sum()
+        + (targets.mean(0) - map_features.mean(0)).square().sum()
+    )
+    return robust_loss(s_out, config)[0]
+
+
+def point_costs(
+    T_cw: Tensor, points: Tensor, targets: Tensor, fmap: Tensor, K: Tensor, image_hw: tuple[int, int], config: LMConfig
+) -> tuple[Tensor, Tensor]:
+    """Each point's share of the solver's cost at pose T_cw (4, 4): its robust cost, or a random
+    match's when out of view (N,), and whether it is in view (N,); the inputs as for :func:`lm_refine`.
+    Their mean is :func:`lm_refine`'s cost without weights, without its Jacobians."""
+    X_cam = transform_points(T_cw.to(points), points)
+    uv, z = project(X_cam, K.to(points))
+    values, _, inside = sample_with_gradient(fmap, uv, image_hw)
+    seen = inside & (z > _MIN_DEPTH)
+    rho = robust_loss((values - targets).square().sum(-1), config)[0]
+    return torch.where(seen, rho, _out_of_view_cost(targets, fmap, config).to(rho)), seen
+
+
 class _State(NamedTuple):
     """The problem linearised at one pose."""
 
@@ -183,14 +210,7 @@ class _Problem:
         f64 = torch.float64
         targets = targets.to(f64)
         weights = torch.ones(len(points), dtype=f64, device=points.device) if weights is None else weights.to(f64)
-        # a random match: the mean squared distance between a target and a feature of the map
-        map_features = fmap.reshape(fmap.shape[0], -1).T.to(f64)
-        s_out = (
-            targets.var(0, unbiased=False).sum()
-            + map_features.var(0, unbiased=False).sum()
-            + (targets.mean(0) - map_features.mean(0)).square().sum()
-        )
-        rho_out = robust_loss(s_out, config)[0]
+        rho_out = _out_of_view_cost(targets, fmap, config)
         return cls(points.to(f64), targets, fmap, K.to(f64), tuple(image_hw), weights, config, rho_out)
 
     def evaluate(self, T: Tensor) -> _State:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.autograd.functional import jacobian
 
 from nifr_ns import geometry as g
-from nifr_ns.optimizer import LMConfig, lm_refine, residual_jacobian, robust_loss, sample_with_gradient
+from nifr_ns.optimizer import LMConfig, lm_refine, point_costs, residual_jacobian, robust_loss, sample_with_gradient
 
 H, W = 120, 160
 K = torch.tensor([[150.0, 0.0, W / 2], [0.0, 150.0, H / 2], [0.0, 0.0, 1.0]], dtype=torch.float64)
@@ -258,3 +258,18 @@ def test_robust_losses_have_the_documented_form():
     cauchy, _ = robust_loss(s, LMConfig(robust="cauchy", robust_scale=0.1))
     np.testing.assert_allclose(cauchy.numpy(), (0.01 * torch.log1p(s / 0.01)).numpy())
 
+
+
+def test_point_costs_are_the_solvers_cost_point_by_point(rng):
+    """What the rotational search compares: per point, the robust cost the solver averages, and
+    which points are in view; zero at the true pose."""
+    fmap = wave_field(H, W)
+    points, targets = scene(rng, fmap, n=200)
+    config = LMConfig()
+    start = perturbed(rng, 3.0, 0.1)
+    rho, seen = point_costs(start, points, targets, fmap, K, (H, W), config)
+    assert seen.all()  # points well inside the image, a small perturbation
+    assert float(rho.mean()) == pytest.approx(cost_at(start, points, targets, fmap, K, (H, W), config))
+    assert float(point_costs(T_GT, points, targets, fmap, K, (H, W), config)[0].abs().max()) < 1e-20
+    looking_away = torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0], dtype=torch.float64)) @ T_GT
+    assert not point_costs(looking_away, points, targets, fmap, K, (H, W), config)[1].any()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from nifr_ns.geometry import invert_pose, pose_errors, unproject
+from nifr_ns.geometry import invert_pose, pose_errors, se3_exp, unproject
 from nifr_ns.optimizer import LMConfig
 from nifr_ns.pipeline import load_pipeline
 from nifr_ns.queries import load_query_set, perturbed_poses
@@ -112,6 +112,38 @@ def test_solver_aligns_a_real_image_with_points_to_its_border(exact) -> None:
     # a photometric cost on a 64x48 image has local minima: most queries, not all, reach the true pose
     trans_err, rot_err = np.median(np.array(errors, dtype=float), axis=0)
     assert trans_err < 0.01 and rot_err < 0.2, errors
+
+
+def test_the_rotational_search_brings_turned_starts_into_the_solvers_reach(exact) -> None:
+    """Starts turned 6 deg down and 8 deg left of the true pose (10 deg): the search (+-12 deg, on
+    the coarsest level of these 64x48 images, lifted every 2 px) turns them to within a few degrees,
+    from where the solver reaches the true pose; off, the solver starts from the initial pose. (On
+    this small exact problem the solver also converges from 10 deg without it: what the search
+    gains with learned features is measured on 96 queries, RefineConfig.search_deg.)"""
+    query_set, refiner, _ = exact
+    searching = copy.copy(refiner)
+    searching.config = replace(refiner.config, search_deg=12.0, search_step_deg=2.0, render_strides=(2, 2, 2))
+    turn = se3_exp(torch.tensor([np.radians(6.0), np.radians(-8.0), 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)).numpy()
+    queries = query_set.queries[:4]
+    inits = [turn @ query.T_cw_gt for query in queries]  # turned about the camera centre
+    starts = []
+    for query, T_init in zip(queries, inits):
+        stage = searching.stages(searching.encode(query.load_image()), None)[0]
+        K = torch.from_numpy(query.intrinsics.K())
+        hw = (query.intrinsics.height, query.intrinsics.width)
+        starts.append(searching.to_world(searching.search_start(searching.to_nerfstudio(T_init), stage, query.intrinsics, K, hw)))
+    gt = np.stack([query.T_cw_gt for query in queries])
+    refined = [r.T_cw for r in refine_all(searching, replace(query_set, queries=queries), inits)]
+    rot = {name: pose_errors(np.stack(poses), gt)[1] for name, poses in
+           (("init", inits), ("start", starts), ("refined", refined))}
+    assert np.median(rot["start"]) < 5.0 and np.median(rot["refined"]) < 1.0, rot
+    plain = copy.copy(searching)
+    plain.config = replace(searching.config, search_deg=0.0)
+    stage = plain.stages(plain.encode(queries[0].load_image()), None)[0]
+    K = torch.from_numpy(queries[0].intrinsics.K())
+    hw = (queries[0].intrinsics.height, queries[0].intrinsics.width)
+    start = plain.search_start(plain.to_nerfstudio(inits[0]), stage, queries[0].intrinsics, K, hw)
+    np.testing.assert_allclose(plain.to_world(start), inits[0], atol=1e-9)
 
 
 def relit(image: torch.Tensor) -> torch.Tensor:
