@@ -114,7 +114,8 @@ class RefineConfig:
     errors 10-30 cm / 4-8 deg), recall at 5 cm / 5 deg, median, worse unflagged, off -> 8 deg:
     nifr-small seed 42 31.2 -> 28.1 %, 12.5 -> 10.9 cm, 3 -> 4; seed 1 15.6 -> 16.7 %,
     16.5 -> 15.6 cm, 6 -> 4; with sensor depth (0.2) seed 42 42.7 -> 57.3 %, 7.3 -> 3.7 cm,
-    3 -> 6; seed 1 34.4 -> 37.5 %, 11.6 -> 10.4 cm, 3 -> 1; 0.1-0.3 s more per query."""
+    3 -> 6; seed 1 34.4 -> 37.5 %, 11.6 -> 10.4 cm, 3 -> 1; per query 1.72 s with, 1.68 s without
+    (``benchmarks/reproduce.py``, RGB model)."""
     search_step_deg: float = 2.0
     """Spacing of that grid (81 turns with the default range)."""
     polish: PolishConfig = field(default_factory=PolishConfig)
