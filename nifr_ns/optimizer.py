@@ -124,11 +124,21 @@ def residual_jacobian(
     points (N, 3) world, targets (N, D), fmap (D, h, w), K (3, 3) of the full-resolution image.
     The chain rule: dF/duv (D, 2) @ duv/dX_cam (2, 3) @ dX_cam/dxi (3, 6).
     """
+    X_cam, values, grad, seen = _project_and_sample(T_cw, points, fmap, K, image_hw)
+    J = grad @ (project_jacobian(X_cam, K) @ point_pose_jacobian(X_cam))
+    return values - targets, J, seen
+
+
+def _project_and_sample(
+    T_cw: Tensor, points: Tensor, fmap: Tensor, K: Tensor, image_hw: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """points (N, 3) seen from poses T_cw (..., 4, 4): camera-frame points (..., N, 3), the map's
+    values (..., N, D) and gradients (..., N, D, 2) at their projections, and which are in view (..., N)."""
     X_cam = transform_points(T_cw, points)
     uv, z = project(X_cam, K)
-    values, grad, inside = sample_with_gradient(fmap, uv, image_hw)
-    J = grad @ (project_jacobian(X_cam, K) @ point_pose_jacobian(X_cam))
-    return values - targets, J, inside & (z > _MIN_DEPTH)
+    values, grad, inside = sample_with_gradient(fmap, uv.reshape(-1, 2), image_hw)
+    batch = uv.shape[:-1]
+    return X_cam, values.reshape(*batch, -1), grad.reshape(*batch, -1, 2), inside.reshape(batch) & (z > _MIN_DEPTH)
 
 
 def robust_loss(s: Tensor, config: LMConfig) -> tuple[Tensor, Tensor]:
@@ -160,13 +170,10 @@ def _out_of_view_cost(targets: Tensor, fmap: Tensor, config: LMConfig) -> Tensor
 def point_costs(
     T_cw: Tensor, points: Tensor, targets: Tensor, fmap: Tensor, K: Tensor, image_hw: tuple[int, int], config: LMConfig
 ) -> tuple[Tensor, Tensor]:
-    """Each point's share of the solver's cost at pose T_cw (4, 4): its robust cost, or a random
-    match's when out of view (N,), and whether it is in view (N,); the inputs as for :func:`lm_refine`.
-    Their mean is :func:`lm_refine`'s cost without weights, without its Jacobians."""
-    X_cam = transform_points(T_cw.to(points), points)
-    uv, z = project(X_cam, K.to(points))
-    values, _, inside = sample_with_gradient(fmap, uv, image_hw)
-    seen = inside & (z > _MIN_DEPTH)
+    """Each point's share of the solver's cost at each of the poses T_cw (..., 4, 4): its robust cost,
+    or a random match's when out of view (..., N), and whether it is in view (..., N); the other inputs
+    as for :func:`lm_refine`. Their mean is :func:`lm_refine`'s cost without weights, without its Jacobians."""
+    _, values, _, seen = _project_and_sample(T_cw.to(points), points, fmap, K.to(points), image_hw)
     rho = robust_loss((values - targets).square().sum(-1), config)[0]
     return torch.where(seen, rho, _out_of_view_cost(targets, fmap, config).to(rho)), seen
 

@@ -340,8 +340,8 @@ class PoseRefiner:
         turns = se3_exp(torch.stack([pitch, yaw, zeros, zeros, zeros, zeros], dim=-1).reshape(-1, 6))
         # the solver's own cost, a point out of view charged as a random match: measured on 96 queries
         # and four models, this chose better starts than comparing the points every turn keeps in view
-        costs = [point_costs(turn @ T_init, points, targets, stage.fmap, K, hw, stage.lm)[0].mean() for turn in turns]
-        return turns[int(torch.stack(costs).argmin())] @ T_init
+        costs = point_costs(turns @ T_init, points, targets, stage.fmap, K, hw, stage.lm)[0].mean(dim=-1)
+        return turns[int(costs.argmin())] @ T_init
 
     def within_trust_region(self, T_init: Tensor, T: Tensor) -> bool:
         """Whether the move from T_init to T (nerfstudio frame) is one a local refinement can make."""

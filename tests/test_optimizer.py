@@ -259,7 +259,6 @@ def test_robust_losses_have_the_documented_form():
     np.testing.assert_allclose(cauchy.numpy(), (0.01 * torch.log1p(s / 0.01)).numpy())
 
 
-
 def test_point_costs_are_the_solvers_cost_point_by_point(rng):
     """What the rotational search compares: per point, the robust cost the solver averages, and
     which points are in view; zero at the true pose."""
