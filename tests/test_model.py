@@ -66,6 +66,31 @@ def test_depth_error_grows_when_the_sensor_depth_is_wrong(loaded) -> None:
     assert metrics["depth_rel_error"] < doubled["depth_rel_error"]
 
 
+def test_depth_spread_is_zero_on_one_surface_and_half_between_two() -> None:
+    from nerfstudio.cameras.rays import Frustums, RaySamples
+
+    from nifr_ns.model import depth_spread
+
+    starts = torch.linspace(0.0, 4.0, 41)[:-1].expand(2, 40)[..., None]
+    samples = RaySamples(
+        frustums=Frustums(
+            origins=torch.zeros(2, 40, 3),
+            directions=torch.tensor([0.0, 0.0, 1.0]).expand(2, 40, 3),
+            starts=starts,
+            ends=starts + 0.1,
+            pixel_area=torch.ones(2, 40, 1),
+        )
+    )
+    mids = starts[..., 0] + 0.05
+    weights = torch.zeros(2, 40, 1)
+    weights[0, 20] = 0.95  # one surface at 2.05
+    weights[1, (mids[1] - 1.05).abs().argmin()] = 0.5  # half at 1.05, half at 3.05: std 1, mean 2.05
+    weights[1, (mids[1] - 3.05).abs().argmin()] = 0.5
+    spread = depth_spread(weights, samples)[..., 0]
+    assert spread[0] == pytest.approx(0.0, abs=1e-6)
+    assert spread[1] == pytest.approx(1.0 / 2.05, rel=1e-4)
+
+
 def test_loading_another_method_is_refused(tmp_path: Path) -> None:
     from nerfstudio.configs.method_configs import method_configs
 

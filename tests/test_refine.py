@@ -53,10 +53,10 @@ class ExactRenderer(PoseRefiner):
         X_cam = unproject(uv, torch.from_numpy(depth.reshape(-1)), torch.from_numpy(small.K()))
         T_wc = invert_pose(self.to_world(T_cw_ns))
         X_world = X_cam.numpy() @ T_wc[:3, :3].T + T_wc[:3, 3]
-        points = torch.from_numpy(self.transform.points_to_nerfstudio(X_world))
-        colours = torch.from_numpy(rgb.reshape(-1, 3))
+        points = torch.from_numpy(self.transform.points_to_nerfstudio(X_world)).reshape(h, w, 3)
         image = torch.from_numpy(rgb)
-        return Rendering(points, colours, colours, image, image, torch.ones(h, w, dtype=torch.bool))
+        opaque, sharp = torch.ones(h, w, 1, dtype=torch.float64), torch.zeros(h, w, 1, dtype=torch.float64)
+        return self.lift(points, {"rgb": image, "feature": image, "accumulation": opaque, "depth_spread": sharp})
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,33 @@ def test_refinement_lowers_a_known_pose_error_with_an_exact_renderer(exact) -> N
     gt = np.stack([q.T_cw_gt for q in query_set.queries])
     t1, r1 = pose_errors(np.stack([r.T_cw for r in results]), gt)
     assert np.median(t1) < 0.05 and np.median(r1) < 1.5, (t1, r1)
+
+
+def test_only_opaque_pixels_whose_rays_end_sharply_are_lifted(refiner_factory, queries) -> None:
+    query = queries.queries[0]
+    refiner = refiner_factory(RefineConfig(max_depth_spread=float("inf")))
+    T = refiner.to_nerfstudio(query.T_cw_gt)
+    everything = refiner.render(T, query.intrinsics, 2)
+    with torch.no_grad():
+        rays = refiner.camera(T, query.intrinsics, 2).generate_rays(camera_indices=0)
+        spread = refiner.model.get_outputs_for_camera_ray_bundle(rays)["depth_spread"][..., 0]
+    limit = float(spread[everything.valid].median())
+    sharp = refiner_factory(RefineConfig(max_depth_spread=limit)).render(T, query.intrinsics, 2)
+    torch.testing.assert_close(sharp.valid, everything.valid & (spread <= limit))
+    assert 0 < len(sharp.points) < len(everything.points)
+    torch.testing.assert_close(sharp.points, everything.points[(spread <= limit)[everything.valid]])
+
+
+def test_the_spread_limit_is_on_for_geometry_from_rgb_and_off_with_sensor_depth(refiner_factory) -> None:
+    refiner = refiner_factory(RefineConfig())
+    assert refiner.model.config.depth_loss_mult == 0 and refiner.max_depth_spread == 0.1
+    model_config = refiner.model.config
+    refiner.model.config = replace(model_config, depth_loss_mult=0.2)
+    try:
+        assert refiner_factory(RefineConfig()).max_depth_spread == float("inf")
+        assert refiner_factory(RefineConfig(max_depth_spread=0.3)).max_depth_spread == 0.3
+    finally:
+        refiner.model.config = model_config
 
 
 def test_a_refinement_leaving_the_trust_region_is_flagged_and_keeps_its_initial_pose(exact) -> None:
