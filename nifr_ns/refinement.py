@@ -210,8 +210,10 @@ class PoseRefiner:
         self.transform = transform
         self.config = config
         self.device = self.model.device
-        learned_from_rgb = getattr(self.model.config, "depth_loss_mult", 0.0) == 0.0
         spread = config.max_depth_spread
+        if spread is not None and not spread > 0:
+            raise ValueError(f"max_depth_spread must be positive (or None for the default), not {spread}")
+        learned_from_rgb = self.model.config.depth_loss_mult == 0.0
         self.max_depth_spread = spread if spread is not None else (0.1 if learned_from_rgb else float("inf"))
         if len(config.render_strides) != len(self.model.encoder.config.strides):
             raise ValueError(

@@ -107,6 +107,8 @@ def test_the_spread_limit_is_on_for_geometry_from_rgb_and_off_with_sensor_depth(
         assert refiner_factory(RefineConfig(max_depth_spread=0.3)).max_depth_spread == 0.3
     finally:
         refiner.model.config = model_config
+    with pytest.raises(ValueError, match="max_depth_spread"):
+        refiner_factory(RefineConfig(max_depth_spread=0.0))
 
 
 def test_a_refinement_leaving_the_trust_region_is_flagged_and_keeps_its_initial_pose(exact) -> None:
@@ -300,6 +302,7 @@ def copy_queries(tiny_scene, tmp_path: Path) -> Path:
         ("no intrinsics", "intrinsics"),
         ("wrong image size", "intrinsics say"),
         ("not a nifr config", "not a nifr model"),
+        ("refinement settings that do not fit the model", "render_strides has 2 entries"),
     ],
 )
 def test_bad_input_gives_a_clear_error_and_writes_nothing(trained_tiny, tiny_scene, tmp_path, capsys, case, expected) -> None:
@@ -330,6 +333,8 @@ def test_bad_input_gives_a_clear_error_and_writes_nothing(trained_tiny, tiny_sce
 
         config = tmp_path / "config.yml"
         config.write_text(yaml.dump(method_configs["nerfacto"]))
+    elif case == "refinement settings that do not fit the model":
+        kwargs["refine"] = RefineConfig(render_strides=(8, 4))
     out = tmp_path / "out"
     assert main(RefineCommand(load_config=config, output=out, **kwargs)) == 2
     assert expected in capsys.readouterr().out

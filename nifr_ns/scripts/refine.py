@@ -104,7 +104,11 @@ def main(command: RefineCommand) -> int:
         return 2
 
     transform = model_transform(config)
-    refiner = PoseRefiner(pipeline, transform, command.refine)
+    try:
+        refiner = PoseRefiner(pipeline, transform, command.refine)
+    except ValueError as error:  # refinement settings that do not fit this model
+        CONSOLE.print(f"[bold red]Error:[/bold red] {error}", soft_wrap=True)
+        return 2
     retrieval = Retrieval(refiner, pipeline.datamanager.train_dataset) if command.init == "retrieval" else None
     results = []
     with Progress(
