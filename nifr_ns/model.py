@@ -222,9 +222,9 @@ class NifrModel(NerfactoModel):
         outputs["z_depth"] = outputs["expected_depth"][..., 0] / ray_bundle.metadata["directions_norm"][..., 0]
         with torch.no_grad():
             outputs["depth"] = self.renderer_depth(weights=weights, ray_samples=ray_samples)
-            outputs["depth_spread"] = depth_spread(weights, ray_samples)
         if not self.training:
             outputs["feature_pca"] = self.feature_pca(outputs["feature"])
+            outputs["depth_spread"] = depth_spread(weights, ray_samples, outputs["expected_depth"])
         if self.training:
             outputs["weights_list"] = weights_list
             outputs["ray_samples_list"] = ray_samples_list
@@ -361,18 +361,16 @@ class NifrModel(NerfactoModel):
         return metrics, images
 
 
-def depth_spread(weights: Tensor, ray_samples: RaySamples) -> Tensor:
-    """Standard deviation of the distance along each ray under its rendering weights, relative to
-    their mean: how sharply the ray ends on a surface, (..., 1).
+def depth_spread(weights: Tensor, ray_samples: RaySamples, expected_depth: Tensor) -> Tensor:
+    """Standard deviation of the distance along each ray under its rendering weights (..., S, 1),
+    relative to their mean, the (..., 1) expected depth: how sharply the ray ends on a surface, (..., 1).
 
     A diffuse spread marks geometry that RGB alone has not pinned down: on the default scene's
     held-out views (nifr-small, RGB), pixels with spread under 0.023 have a median depth error of
     0.8 %, those over 0.13, 6-9 %."""
     t = (ray_samples.frustums.starts + ray_samples.frustums.ends) / 2
-    w = weights / weights.sum(dim=-2, keepdim=True).clamp_min(1e-8)
-    mean = (w * t).sum(dim=-2)
-    std = (w * (t - mean[..., None, :]).square()).sum(dim=-2).sqrt()
-    return std / mean.clamp_min(1e-8)
+    variance = (weights * (t - expected_depth[..., None, :]).square()).sum(dim=-2) / weights.sum(dim=-2).clamp_min(1e-8)
+    return variance.sqrt() / expected_depth.clamp_min(1e-8)
 
 
 def render_features(features: Tensor, weights: Tensor) -> Tensor:

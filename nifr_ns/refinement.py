@@ -252,8 +252,8 @@ class PoseRefiner:
 
     def lift(self, points: Float[Tensor, "h w 3"], outputs: Dict[str, Tensor]) -> Rendering:
         """The rendered grid's pixels that are opaque and whose rays end sharply, or the sharper half
-        of the opaque ones if fewer pass (``outputs``: the
-        model's (h, w, C) rgb, feature, accumulation and depth_spread), with their 3D points."""
+        of the opaque ones if fewer pass, with their 3D points (``outputs``: the model's (h, w, C)
+        rgb, feature, accumulation and depth_spread)."""
         opaque = outputs["accumulation"][..., 0] >= self.config.min_accumulation
         spread = outputs["depth_spread"][..., 0]
         # never fewer than half the opaque pixels: a model diffuse everywhere still gets refined

@@ -69,6 +69,8 @@ def test_depth_error_grows_when_the_sensor_depth_is_wrong(loaded) -> None:
 def test_depth_spread_is_zero_on_one_surface_and_half_between_two() -> None:
     from nerfstudio.cameras.rays import Frustums, RaySamples
 
+    from nerfstudio.model_components.renderers import DepthRenderer
+
     from nifr_ns.model import depth_spread
 
     starts = torch.linspace(0.0, 4.0, 41)[:-1].expand(2, 40)[..., None]
@@ -86,7 +88,7 @@ def test_depth_spread_is_zero_on_one_surface_and_half_between_two() -> None:
     weights[0, 20] = 0.95  # one surface at 2.05
     weights[1, (mids[1] - 1.05).abs().argmin()] = 0.5  # half at 1.05, half at 3.05: std 1, mean 2.05
     weights[1, (mids[1] - 3.05).abs().argmin()] = 0.5
-    spread = depth_spread(weights, samples)[..., 0]
+    spread = depth_spread(weights, samples, DepthRenderer(method="expected")(weights, samples))[..., 0]
     assert spread[0] == pytest.approx(0.0, abs=1e-6)
     assert spread[1] == pytest.approx(1.0 / 2.05, rel=1e-4)
 
