@@ -27,8 +27,7 @@ from nerfstudio.field_components.embedding import Embedding
 from nerfstudio.field_components.encodings import Encoding, HashEncoding, KPlanesEncoding, SHEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.mlp import MLP
-from nerfstudio.field_components.spatial_distortions import SpatialDistortion
-from nerfstudio.model_components.losses import tv_loss
+from nerfstudio.field_components.spatial_distortions import SceneContraction, SpatialDistortion
 from nerfstudio.fields.base_field import Field, get_normalized_directions
 
 FEATURE = "feature"
@@ -79,8 +78,35 @@ class MultiResTriplaneEncoding(Encoding):
         return torch.cat([p(x) for p in self.planes], dim=-1)
 
     def total_variation(self) -> Float[Tensor, ""]:
-        """Total variation of every plane (K-Planes' spatial smoothness), summed over resolutions."""
-        return sum(tv_loss(torch.stack(list(p.plane_coefs))) for p in self.planes)
+        """Total variation of every plane (K-Planes' spatial smoothness), summed over resolutions.
+
+        nerfstudio's ``tv_loss`` gives the same value, but on planes stacked into one tensor: the
+        copy, there and back in the backward pass, made it twice as slow (nifr-small's planes: 17.8
+        against 9.2 ms a step with its gradient, on a 2-core CPU).
+        """
+        total = 0.0
+        for scale in self.planes:
+            for plane in scale.plane_coefs:  # (C, R, R)
+                rows = (plane[:, 1:, :] - plane[:, :-1, :]).square().mean()
+                columns = (plane[:, :, 1:] - plane[:, :, :-1]).square().mean()
+                total = total + 2.0 * (rows + columns) / len(scale.plane_coefs)
+        return total
+
+
+class CubeContraction(SceneContraction):
+    """MipNeRF-360's contraction of space into the cube [-2, 2]^3 (nerfstudio's
+    ``SceneContraction(order=inf)``), with the L-inf norm taken as max |x|: the same values bit for
+    bit, but torch's ord=inf vector norm is over 100x slower on a CPU (9.4 ms against 0.07 ms for
+    1024 x 48 points), which made the contraction a tenth of a nifr-small training step."""
+
+    def __init__(self) -> None:
+        super().__init__(order=float("inf"))
+
+    def forward(self, positions):
+        if not isinstance(positions, Tensor):  # Gaussians: nerfstudio's path
+            return super().forward(positions)
+        magnitude = positions.abs().amax(dim=-1, keepdim=True)
+        return torch.where(magnitude < 1, positions, (2 - 1 / magnitude) * (positions / magnitude))
 
 
 def normalized_positions(

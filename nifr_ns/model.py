@@ -18,7 +18,6 @@ from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.field_components.field_heads import FieldHeadNames
-from nerfstudio.field_components.spatial_distortions import SceneContraction
 from nerfstudio.model_components.losses import MSELoss
 from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
@@ -29,7 +28,14 @@ from nerfstudio.utils import colormaps
 
 from nifr_ns import checkpoints, losses
 from nifr_ns.encoder import ImageEncoderConfig, sample_features
-from nifr_ns.field import FEATURE, EncodingConfig, MultiResTriplaneEncoding, NifrField, ProposalDensityField
+from nifr_ns.field import (
+    FEATURE,
+    CubeContraction,
+    EncodingConfig,
+    MultiResTriplaneEncoding,
+    NifrField,
+    ProposalDensityField,
+)
 from nifr_ns.geometry import opengl_c2w_to_T_cw
 from nifr_ns.metrics import depth_rel_error, match_accuracy
 from nifr_ns.visualization import FeaturePCA
@@ -125,7 +131,7 @@ class NifrModel(NerfactoModel):
         # Nerfacto's own populate_modules builds LPIPS, which downloads AlexNet weights: skip it.
         Model.populate_modules(self)
         cfg = self.config
-        contraction = None if cfg.disable_scene_contraction else SceneContraction(order=float("inf"))
+        contraction = None if cfg.disable_scene_contraction else CubeContraction()
         self.field = NifrField(
             num_images=self.num_train_data,
             spatial_distortion=contraction,
@@ -247,7 +253,8 @@ class NifrModel(NerfactoModel):
             if planes:
                 loss_dict["plane_tv_loss"] = self.config.plane_tv_loss_mult * sum(e.total_variation() for e in planes)
         if self.training and "depth" in batch and self.config.depth_loss_mult > 0:
-            loss_dict["depth_loss"] = self.config.depth_loss_mult * losses.depth_loss(outputs["z_depth"], batch["depth"].to(self.device))
+            sensor = batch["depth"].to(self.device)
+            loss_dict["depth_loss"] = self.config.depth_loss_mult * losses.depth_loss(outputs["z_depth"], sensor)
         return loss_dict
 
     def feature_losses(self, outputs: Dict, batch: Dict) -> Dict[str, Tensor]:

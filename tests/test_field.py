@@ -88,9 +88,32 @@ def test_triplane_total_variation_is_zero_when_constant_and_descending_it_smooth
     encoding = MultiResTriplaneEncoding((8, 16), channels=4)
     before = encoding.total_variation()
     assert before > 0
+    from nerfstudio.model_components.losses import tv_loss  # K-Planes' definition, planes stacked
+
+    reference = sum(tv_loss(torch.stack(list(scale.plane_coefs))) for scale in encoding.planes)
+    torch.testing.assert_close(before, reference)
     before.backward()
     assert all(plane.grad is not None and plane.grad.abs().sum() > 0 for plane in encoding.parameters())
     with torch.no_grad():
         for plane in encoding.parameters():
             plane -= 0.1 * plane.grad
     assert encoding.total_variation() < before
+
+
+def test_cube_contraction_equals_nerfstudios_and_carries_its_gradient() -> None:
+    from nerfstudio.field_components.spatial_distortions import SceneContraction
+
+    from nifr_ns.field import CubeContraction
+
+    torch.manual_seed(0)
+    points = torch.randn(64, 32, 3) * torch.logspace(-1, 2, 32)[None, :, None]  # inside and far outside
+    ours, reference = CubeContraction(), SceneContraction(order=float("inf"))
+    assert torch.equal(ours(points), reference(points))
+    assert ours(points).abs().amax() <= 2.0
+    assert torch.equal(ours(points).abs().amax(dim=-1) < 1, points.abs().amax(dim=-1) < 1)
+
+    x = points.clone().requires_grad_(True)
+    y = points.clone().requires_grad_(True)
+    (ours(x) * torch.cos(points)).sum().backward()
+    (reference(y) * torch.cos(points)).sum().backward()
+    torch.testing.assert_close(x.grad, y.grad)
