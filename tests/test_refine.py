@@ -235,12 +235,14 @@ def test_a_query_that_is_not_improved_keeps_its_initial_pose(refiner_factory, qu
 def test_a_refinement_the_intensity_does_not_confirm_is_flagged(refiner_factory, queries) -> None:
     """An intensity check no pose can pass (its cost must fall to zero): every query that the
     solver improved comes back flagged by it, with its initial pose."""
-    # every pixel lifted: with the tiny model's diffuse geometry (300 iterations) the sharpest half
-    # alone takes every query beyond the trust region, before the intensity check is reached
-    strict = refiner_factory(RefineConfig(polish=PolishConfig(verify_gain=1.0), max_depth_spread=float("inf")))
+    # the tiny model's geometry (300 iterations) is too rough for its refinements to stay within
+    # the trust region, which is checked first: open it, so that the intensity check is reached
+    strict = refiner_factory(
+        RefineConfig(polish=PolishConfig(verify_gain=1.0), max_translation=float("inf"), max_rotation_deg=180.0)
+    )
     inits = perturbed_poses(queries, rot_deg=3.0, trans=0.1, seed=1)
     results = refine_all(strict, queries, inits)
-    assert any(r.flag == "intensity not confirmed" for r in results)
+    assert any(r.flag == "intensity not confirmed" for r in results), [r.flag for r in results]
     for result, init in zip(results, inits):
         assert not result.improved and result.flag
         np.testing.assert_array_equal(result.T_cw, init)
