@@ -67,9 +67,10 @@ class NifrModelConfig(NerfactoModelConfig):
     )
     """Encoding of each proposal network (one per proposal iteration)."""
     feature_dim: int = 32
-    """Dimension D of the shared 2D/3D feature space. 64 instead, nifr-small seed 42: held-out matching
-    2.2 / 8.9 % within 1 / 3 px (32: 2.3 / 8.5 %), 96-query recall at 5 cm / 5 deg 24.0 % (32: 33.3 %; polish weight 0.5;
-    the wider head also drew another geometry, depth error 4.7 instead of 3.6 %)."""
+    """Dimension D of the shared 2D/3D feature space. 64 instead, nifr-small seed 42: held-out
+    matching 2.2 / 8.9 % within 1 / 3 px (32: 2.3 / 8.5 %), 96-query recall at 5 cm / 5 deg 24.0 %
+    (32: 33.3 %; polish weight 0.5; the wider head also drew another geometry, depth error 4.7
+    instead of 3.6 %)."""
     hidden_dim_feature: int = 64
     """Width of the feature head's MLP."""
     geo_feature_grad_scale: float = 0.0
