@@ -115,13 +115,12 @@ class RefineConfig:
     mode: Mode = "features"
     """features: feature-metric LM (the method); photometric: the same solver on RGB;
     render-compare: gradient descent through the renderer on features (iNeRF-style)."""
-    render_strides: Tuple[int, ...] = (8, 4, 4)
+    render_strides: Tuple[int, ...] = (8, 4, 2)
     """Stride of the rendered grid for each encoder level, coarse to fine (pixels of the query). With
-    intensity in the levels, (8, 4, 2) in the features mode on 96 graded queries (recall at 5 cm /
-    5 deg, worse unflagged, s per query): RGB seed 42 63.5 -> 71.9 %, 2 -> 2, 0.93 -> 1.20 s; seed 1
-    51.0 -> 53.1 %, 8 -> 5; RGB-D 82.3 -> 90.6 %, 2 -> 2; not yet the default: the photometric mode,
-    which shares this setting, then fails its exact-renderer test on 64x48 images (median 9 cm
-    instead of under 5 cm) and is unmeasured on the scene. With features alone it lost (below)."""
+    intensity in the levels, (8, 4, 4) -> (8, 4, 2) on 96 graded queries (recall at 5 cm / 5 deg,
+    worse unflagged, s per query): RGB seed 42 63.5 -> 71.9 %, 2 -> 2, 0.93 -> 1.20 s; seed 1
+    51.0 -> 53.1 %, 8 -> 5; RGB-D 82.3 -> 90.6 %, 2 -> 2; the photometric mode on seed 42
+    24.0 -> 28.1 %, 0.51 -> 0.95 s. With features alone it lost (below)."""
     renders_per_level: int = 2
     """Renders (each followed by an LM run) per level, so visibility follows the pose. Three, on 96
     graded queries: recall at 5 cm / 5 deg 33.3 -> 35.4 %, 1.00 -> 1.23 s per query (two queries,

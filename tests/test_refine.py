@@ -85,9 +85,9 @@ def exact_full(trained_tiny, tmp_path_factory):
     return exact_scene(trained_tiny, tmp_path_factory.mktemp("exact_full"), width=160, height=120)
 
 
-def test_refinement_lowers_a_known_pose_error_with_an_exact_renderer(exact) -> None:
+def test_refinement_lowers_a_known_pose_error_with_an_exact_renderer(exact_full) -> None:
     """The driver and solver on a real image: photometric alignment against exact geometry and colour."""
-    query_set, refiner, inits = exact
+    query_set, refiner, inits = exact_full
     results = refine_all(refiner, query_set, inits)
     gt = np.stack([q.T_cw_gt for q in query_set.queries])
     t1, r1 = pose_errors(np.stack([r.T_cw for r in results]), gt)
