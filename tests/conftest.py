@@ -23,12 +23,9 @@ def tiny_training_config(data: Path, output_dir: Path, iterations: int):
     config = nifr_small_config()
     config.pipeline.datamanager.data = data
     config.output_dir = output_dir
-    config.max_num_iterations = iterations
+    config.set_iterations(iterations)
     config.steps_per_save = iterations
     config.pipeline.model.geometry_warmup_steps = iterations // 3
-    config.pipeline.model.proposal_warmup = iterations // 2
-    for group in config.optimizers.values():
-        group["scheduler"].max_steps = iterations
     return config
 
 

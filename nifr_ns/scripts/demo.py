@@ -28,7 +28,7 @@ class DemoCommand:
     seed: int = 0
     """Seed of the synthetic scene."""
     iterations: Optional[int] = None
-    """Training iterations; None: nifr-small's default."""
+    """Training iterations (the learning-rate schedules and warm-ups stretched with them); None: nifr-small's 2000."""
     depth_loss_mult: float = 0.0
     """Also learn the geometry from the scene's depth maps, as from an RGB-D capture (0: RGB alone,
     the method as published; 0.2 is what the benchmarks measure). The synthetic depth is exact."""
@@ -50,7 +50,7 @@ def main(command: DemoCommand) -> Path:
     config.pipeline.datamanager.data = scene
     config.output_dir = command.output / "runs"
     if command.iterations is not None:
-        config.max_num_iterations = command.iterations
+        config.set_iterations(command.iterations)
     config.pipeline.model.depth_loss_mult = command.depth_loss_mult
     start = time.perf_counter()
     config_path = train(config)
