@@ -310,3 +310,14 @@ def unproject(uv: torch.Tensor, depth: torch.Tensor, K: torch.Tensor) -> torch.T
     K (..., 3, 3); inverse of project."""
     homogeneous = torch.cat([uv, torch.ones_like(uv[..., :1])], dim=-1)
     return (homogeneous @ torch.linalg.inv(K).transpose(-1, -2)) * depth.unsqueeze(-1)
+
+
+def depth_map_to_world(depth: np.ndarray, K: np.ndarray, T_cw: np.ndarray) -> np.ndarray:
+    """World points (H, W, 3) of a z-depth map (H, W) at its pixel centres, seen by a camera with
+    intrinsics K (3, 3) at world-to-camera pose T_cw (4, 4)."""
+    h, w = depth.shape
+    y, x = np.mgrid[0:h, 0:w] + 0.5
+    uv = torch.from_numpy(np.stack([x, y], -1).reshape(-1, 2))
+    X_cam = unproject(uv, torch.from_numpy(np.asarray(depth, np.float64).reshape(-1)), torch.from_numpy(K)).numpy()
+    T_wc = invert_pose(T_cw)
+    return (X_cam @ T_wc[:3, :3].T + T_wc[:3, 3]).reshape(h, w, 3)

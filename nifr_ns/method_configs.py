@@ -84,7 +84,7 @@ def _small_optimizers(max_steps: int) -> dict:
     }
 
 
-def nifr_config() -> TrainerConfig:
+def nifr_config() -> NifrTrainerConfig:
     """Full settings for a GPU (tinycudann hash grids when installed)."""
     return NifrTrainerConfig(
         method_name="nifr",
@@ -107,7 +107,7 @@ def nifr_config() -> TrainerConfig:
     )
 
 
-def nifr_small_config() -> TrainerConfig:
+def nifr_small_config() -> NifrTrainerConfig:
     """A preset that trains a usable model on a 2-core CPU in minutes.
 
     Tri-plane encodings instead of the pure-torch hash grid, one proposal network, few
@@ -130,8 +130,9 @@ def nifr_small_config() -> TrainerConfig:
     machine's slow hours, beyond the 10-minute budget: 2000 stays, the demo's length. Where the
     time is there, train longer (``--max-num-iterations``; the schedules follow): 6000 iterations,
     23 min on 2 CPU cores, seed 42, held-out PSNR 23.41 -> 26.48 dB, depth error 3.6 -> 0.9 %, and
-    with today's refinement on the 96 queries recall 71.9 -> 84.4 %, median 2.5 -> 1.6 cm (its
-    4000-iteration checkpoint: 82.3 %, 1.9 cm). The renders' sharpness is what limits refinement
+    with this revision's refinement on the 96 queries recall 71.9 -> 84.4 %, median 2.5 -> 1.6 cm (its
+    4000-iteration checkpoint: 82.3 %, 1.9 cm); seed 1 22.22 -> 26.16 dB, 7.0 -> 1.1 %, 53.1 -> 83.3 %,
+    4.6 -> 1.9 cm. The renders' sharpness is what limits refinement
     (``benchmarks/oracle.py``: with the scene's exact colours in place of the 2000-iteration
     model's, 86.5 % and 0.63 cm; with its exact geometry, 66.7 % and 3.1 cm).
     nerfacto's distortion loss stays at its 0.002: at 0.01 (seed 42) the depth error rose to 33 %

@@ -200,6 +200,17 @@ def test_unproject_inverts_project_and_centres_pixels(rng):
     np.testing.assert_allclose(uv_axis.numpy(), [[80.5, 60.0]])
 
 
+def test_a_depth_map_lifted_to_the_world_projects_back_to_its_pixel_centres(rng):
+    K, T_cw = make_K(), random_pose(rng)
+    depth = rng.uniform(1.0, 4.0, size=(6, 8))
+    X_world = g.depth_map_to_world(depth, K.numpy(), T_cw)
+    X_cam = torch.from_numpy(X_world.reshape(-1, 3) @ T_cw[:3, :3].T + T_cw[:3, 3])
+    uv, z = g.project(X_cam, K)
+    y, x = np.mgrid[0:6, 0:8] + 0.5
+    np.testing.assert_allclose(uv.numpy(), np.stack([x, y], -1).reshape(-1, 2), atol=1e-9)
+    np.testing.assert_allclose(z.numpy(), depth.reshape(-1), atol=1e-12)
+
+
 def test_transform_points_agrees_with_matrix_product(rng):
     T = random_pose(rng)
     X = rng.normal(size=(4, 3))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from nifr_ns.geometry import invert_pose, pose_errors, se3_exp, unproject
+from nifr_ns.geometry import depth_map_to_world, invert_pose, pose_errors, se3_exp
 from nifr_ns.optimizer import LMConfig
 from nifr_ns.pipeline import load_pipeline
 from nifr_ns.queries import load_query_set, perturbed_poses
@@ -48,13 +48,10 @@ class ExactRenderer(PoseRefiner):
 
     def render(self, T_cw_ns, intrinsics, stride):
         small = intrinsics.scaled(1 / stride, 1 / stride)
-        rgb, depth = render_view(self.scene, self.to_world(T_cw_ns), small, supersample=1)
+        T_cw = self.to_world(T_cw_ns)
+        rgb, depth = render_view(self.scene, T_cw, small, supersample=1)
         h, w = depth.shape
-        y, x = np.mgrid[0:h, 0:w] + 0.5
-        uv = torch.from_numpy(np.stack([x, y], -1).reshape(-1, 2))
-        X_cam = unproject(uv, torch.from_numpy(depth.reshape(-1)), torch.from_numpy(small.K()))
-        T_wc = invert_pose(self.to_world(T_cw_ns))
-        X_world = X_cam.numpy() @ T_wc[:3, :3].T + T_wc[:3, 3]
+        X_world = depth_map_to_world(depth, small.K(), T_cw).reshape(-1, 3)
         points = torch.from_numpy(self.transform.points_to_nerfstudio(X_world)).reshape(h, w, 3)
         image = torch.from_numpy(rgb)
         opaque, sharp = torch.ones(h, w, 1, dtype=torch.float64), torch.zeros(h, w, 1, dtype=torch.float64)
