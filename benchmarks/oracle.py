@@ -67,8 +67,9 @@ def main() -> None:
     q = args.queries / "queries"
     query_set = load_query_set(q / "init.txt", q / "intrinsics.txt", q / "gt.txt")
     config, pipeline = load_pipeline(args.load_config)
+    transform, scene = model_transform(config), build_scene(seed)
     for swap in args.swap:
-        refiner = SwappedRenderer(pipeline, model_transform(config), RefineConfig(), build_scene(seed), swap)
+        refiner = SwappedRenderer(pipeline, transform, RefineConfig(), scene, swap)
         start, poses = time.perf_counter(), []
         for query in query_set.queries:
             poses.append(refiner.refine(query.name, query.load_image(), query.intrinsics, [query.T_cw_file]).T_cw)
