@@ -123,6 +123,12 @@ def test_the_spread_limit_is_on_for_geometry_from_rgb_and_off_with_sensor_depth(
         refiner_factory(RefineConfig(max_depth_spread=0.0))
 
 
+@pytest.mark.parametrize("polish", [PolishConfig(stride=0), PolishConfig(point_step=0), PolishConfig(judge_stride=0)])
+def test_strides_below_one_are_refused(refiner_factory, polish) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        refiner_factory(RefineConfig(polish=polish))
+
+
 def test_a_refinement_leaving_the_trust_region_is_flagged_and_keeps_its_initial_pose(exact) -> None:
     """The exact renderer improves every query's cost, but a trust region of 1 mm / 0.01 deg
     (in normalised units) forbids the move: each query must come back flagged with its initial pose."""
@@ -257,6 +263,22 @@ def test_a_refinement_the_intensity_does_not_confirm_is_flagged(refiner_factory,
         np.testing.assert_array_equal(result.T_cw, init)
 
 
+def test_the_polish_stage_renders_at_its_stride_and_judges_at_the_judge_stride(refiner_factory, queries) -> None:
+    """Polished at stride 1 and judged at 2: the polish stage's render is the only one at stride 1, the
+    comparison of the two poses renders at 2 and reports the cost a stage polishing at 2 reports."""
+    query = queries.queries[0]
+    init = perturbed_poses(queries, rot_deg=3.0, trans=0.1, seed=1)[0]
+    fine = refiner_factory(RefineConfig(polish=PolishConfig(stride=1, judge_stride=2)))
+    strides = []
+    render = fine.render
+    fine.render = lambda T, intrinsics, stride: strides.append(stride) or render(T, intrinsics, stride)
+    result = fine.refine(query.name, query.load_image(), query.intrinsics, [init])
+    assert strides.count(1) == fine.config.polish.renders and strides[-2:] == [2, 2], strides
+    coarse = refiner_factory(RefineConfig(polish=PolishConfig(stride=2, judge_stride=None)))
+    reference = coarse.refine(query.name, query.load_image(), query.intrinsics, [init])
+    assert result.initial_cost == pytest.approx(reference.initial_cost, rel=1e-9)
+
+
 def test_the_intensity_check_confirms_the_true_pose_and_not_a_wrong_one(exact_full) -> None:
     """The check's measure with exact geometry and colour, on relit queries: from a start 3 deg /
     10 cm off, the true pose lowers the intensity cost by more than the required share, a pose as
@@ -269,7 +291,8 @@ def test_the_intensity_check_confirms_the_true_pose_and_not_a_wrong_one(exact_fu
     for query, start in zip(query_set.queries, starts):
         image = relit(query.load_image())
         levels = refiner.encode(image)
-        check = refiner.intensity_check(refiner.stages(levels, refiner.polish_map(image, levels[-1]))[-1])
+        polish_map = refiner.polish_map(image, levels[-1], polish.stride)
+        check = refiner.intensity_check(refiner.stages(levels, polish_map)[-1])
         K = torch.from_numpy(query.intrinsics.K())
         hw = (query.intrinsics.height, query.intrinsics.width)
         wrong = query.T_cw_gt @ invert_pose(start) @ query.T_cw_gt  # the start's error, the other way
