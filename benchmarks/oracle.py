@@ -36,11 +36,8 @@ class SwappedRenderer(PoseRefiner):
         super().__init__(pipeline, transform, config)
         self.scene, self.swap = scene, swap
 
-    @torch.no_grad()
     def render(self, T_cw_ns, intrinsics, stride):
-        rays = self.camera(T_cw_ns, intrinsics, stride).generate_rays(camera_indices=0)
-        out = dict(self.model.get_outputs_for_camera_ray_bundle(rays))
-        points = rays.origins + rays.directions * out["depth"]
+        points, out = self.render_outputs(T_cw_ns, intrinsics, stride)
         if self.swap == "none":
             return self.lift(points, out)
         small = intrinsics.scaled(1 / stride, 1 / stride)

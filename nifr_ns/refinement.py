@@ -313,11 +313,17 @@ class PoseRefiner:
             height=max(1, round(intrinsics.height / stride)),
         ).to(self.device)
 
-    @torch.no_grad()
     def render(self, T_cw_ns: Tensor, intrinsics: Intrinsics, stride: int) -> Rendering:
+        return self.lift(*self.render_outputs(T_cw_ns, intrinsics, stride))
+
+    @torch.no_grad()
+    def render_outputs(
+        self, T_cw_ns: Tensor, intrinsics: Intrinsics, stride: int
+    ) -> Tuple[Float[Tensor, "h w 3"], Dict[str, Tensor]]:
+        """The grid's surface points (each ray's depth along it) and the model's outputs, before lifting."""
         rays = self.camera(T_cw_ns, intrinsics, stride).generate_rays(camera_indices=0)
         out = self.model.get_outputs_for_camera_ray_bundle(rays)
-        return self.lift(rays.origins + rays.directions * out["depth"], out)
+        return rays.origins + rays.directions * out["depth"], out
 
     def lift(self, points: Float[Tensor, "h w 3"], outputs: Dict[str, Tensor]) -> Rendering:
         """The rendered grid's pixels that are opaque and whose rays end sharply, or the sharper half
@@ -331,12 +337,10 @@ class PoseRefiner:
         feature, rgb = outputs["feature"], outputs["rgb"]
         return Rendering(points[valid], feature[valid], rgb[valid], feature, rgb, valid)
 
-    @torch.no_grad()
     def render_depth(self, T_cw_world: np.ndarray, intrinsics: Intrinsics, stride: int) -> np.ndarray:
         """(h, w) z-depth in world units of a grid rendered at a world-frame pose; 0 where not opaque."""
-        rays = self.camera(self.to_nerfstudio(T_cw_world), intrinsics, stride).generate_rays(camera_indices=0)
-        out = self.model.get_outputs_for_camera_ray_bundle(rays)
-        points = (rays.origins + rays.directions * out["depth"]).double().cpu().numpy()
+        points, out = self.render_outputs(self.to_nerfstudio(T_cw_world), intrinsics, stride)
+        points = points.double().cpu().numpy()
         X_world = self.transform.points_to_world(points.reshape(-1, 3))
         z = (X_world @ T_cw_world[2, :3] + T_cw_world[2, 3]).reshape(points.shape[:2])
         opaque = out["accumulation"][..., 0].cpu().numpy() >= self.config.min_accumulation
