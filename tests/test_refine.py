@@ -137,7 +137,45 @@ def test_a_refinement_leaving_the_trust_region_is_flagged_and_keeps_its_initial_
     tight.config = replace(refiner.config, max_translation=1e-3, max_rotation_deg=0.01)
     for result, init in zip(refine_all(tight, query_set, inits[:2]), inits[:2]):
         assert not result.improved and result.final_cost == result.initial_cost
+        assert result.restarted and result.flag == "outside the trust region"  # the restarts too
         np.testing.assert_array_equal(result.T_cw, init)
+
+
+def test_a_flagged_refinement_is_restarted_and_the_restart_judged_against_the_initial_pose(exact_full) -> None:
+    """The first run of the solver is made to return its start, so every query is flagged ("cost not
+    lower"): the restarts around the initial pose must then bring it close to the truth, and the
+    result be judged, and reported, against the initial pose; with restarts off it stays flagged."""
+    query_set, photometric, inits = exact_full
+    gt = np.stack([q.T_cw_gt for q in query_set.queries])
+    for distance in (0.04, 0.0):
+        refiner = copy.copy(photometric)
+        refiner.config = replace(photometric.config, restart_distance=distance)
+        first_runs = []
+
+        def solve(T, stages, *args, **kwargs):
+            if len(stages) == len(refiner.config.render_strides):  # the whole schedule: the first run
+                first_runs.append(T)
+                return T, 0, False
+            return PoseRefiner.solve(refiner, T, stages, *args, **kwargs)
+
+        refiner.solve = solve
+        results = refine_all(refiner, query_set, inits[:3])
+        assert len(first_runs) == 3
+        if distance == 0:
+            assert all(not r.restarted and r.flag == "cost not lower" for r in results), [r.flag for r in results]
+            continue
+        assert all(r.restarted for r in results)
+        t0, _ = pose_errors(np.stack(inits[:3]), gt[:3])
+        t1, r1 = pose_errors(np.stack([r.T_cw for r in results]), gt[:3])
+        assert np.median(t1) < 0.05 and np.median(r1) < 1.5 and np.all(t1 < t0), (t0, t1, r1)
+        for result in results:
+            assert result.improved and result.final_cost < result.initial_cost
+            assert result.report()["restarted"]
+
+
+def test_a_negative_restart_distance_is_refused(refiner_factory) -> None:
+    with pytest.raises(ValueError, match="restart_distance"):
+        refiner_factory(RefineConfig(restart_distance=-0.1))
 
 
 def test_solver_aligns_a_real_image_with_points_to_its_border(exact) -> None:
@@ -259,7 +297,7 @@ def test_a_refinement_the_intensity_does_not_confirm_is_flagged(refiner_factory,
     results = refine_all(strict, queries, inits)
     assert any(r.flag == "intensity not confirmed" for r in results), [r.flag for r in results]
     for result, init in zip(results, inits):
-        assert not result.improved and result.flag
+        assert not result.improved and result.flag and result.restarted
         np.testing.assert_array_equal(result.T_cw, init)
 
 
@@ -268,13 +306,14 @@ def test_the_polish_stage_renders_at_its_stride_and_judges_at_the_judge_stride(r
     comparison of the two poses renders at 2 and reports the cost a stage polishing at 2 reports."""
     query = queries.queries[0]
     init = perturbed_poses(queries, rot_deg=3.0, trans=0.1, seed=1)[0]
-    fine = refiner_factory(RefineConfig(polish=PolishConfig(stride=1, judge_stride=2)))
+    # no restarts: a flagged query would render the polish stage again
+    fine = refiner_factory(RefineConfig(polish=PolishConfig(stride=1, judge_stride=2), restart_distance=0))
     strides = []
     render = fine.render
     fine.render = lambda T, intrinsics, stride: strides.append(stride) or render(T, intrinsics, stride)
     result = fine.refine(query.name, query.load_image(), query.intrinsics, [init])
     assert strides.count(1) == fine.config.polish.renders and strides[-2:] == [2, 2], strides
-    coarse = refiner_factory(RefineConfig(polish=PolishConfig(stride=2, judge_stride=None)))
+    coarse = refiner_factory(RefineConfig(polish=PolishConfig(stride=2, judge_stride=None), restart_distance=0))
     reference = coarse.refine(query.name, query.load_image(), query.intrinsics, [init])
     assert result.initial_cost == pytest.approx(reference.initial_cost, rel=1e-9)
 

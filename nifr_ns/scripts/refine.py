@@ -172,15 +172,20 @@ def write_outputs(command: RefineCommand, query_set, results, refiner) -> None:
         write_figures(out, query_set, results, refiner, command.figures)
     flags = Counter(r.flag for r in results if not r.improved)
     flagged = sum(flags.values())
+    restarted = sum(r.restarted for r in results)
     report["summary"] = {
         "queries": len(results),
         "flagged": flagged,
+        "restarted": restarted,
         "flags": dict(flags),
         "mean_seconds": float(np.mean([r.seconds for r in results])),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     reasons = "".join(f"; {count} {flag}" for flag, count in flags.most_common())
-    CONSOLE.print(f"Refined {len(results)} queries ({flagged} flagged, kept their initial pose{reasons}) -> {out}")
+    CONSOLE.print(
+        f"Refined {len(results)} queries ({restarted} restarted; {flagged} flagged, kept their initial pose{reasons})"
+        f" -> {out}"
+    )
 
 
 def write_figures(out: Path, query_set, results, refiner, count: int) -> None:
