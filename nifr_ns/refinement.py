@@ -428,8 +428,8 @@ class PoseRefiner:
             last = last._replace(fmap=judge, stride=self.config.polish.judging_stride, targets=targets)
         judges = [last] + ([self.intensity_check(last)] if self.verifies else [])
         if self.config.mode == "render-compare":  # a fixed number of steps
-            T, iterations, converged = self.render_and_compare(levels[-1], intrinsics, T_init), 0, True
-            iterations = self.config.render_compare_steps
+            T = self.render_and_compare(levels[-1], intrinsics, T_init)
+            iterations, converged = self.config.render_compare_steps, True
         else:
             T, iterations, converged = self.solve(T_init, stages, intrinsics, K, hw)
         initial = self.costs(T_init, judges, intrinsics, K, hw)
@@ -508,14 +508,14 @@ class PoseRefiner:
         the polish stage, which render at the finest strides and cost the most (``judge``: the
         measure when there is no coarse level). Returns the pose, the LM iterations of all runs and
         whether the last converged."""
-        fine = 2 if self.polishes else 1
-        coarse, fine = stages[:-fine], stages[-fine:]
+        n_fine = 2 if self.polishes else 1  # the finest level and the polish stage, or the finest level
+        coarse, fine = stages[:-n_fine], stages[-n_fine:]
         candidates, iterations = [], 0
         for axis in (0, 1):
             for sign in (-1.0, 1.0):
                 start = T_init.clone()
                 start[axis, 3] += sign * self.config.restart_distance  # T_cw: along the camera's own axis
-                T, more, converged = self.solve(start, coarse, intrinsics, K, hw)
+                T, more, _ = self.solve(start, coarse, intrinsics, K, hw)
                 candidates.append((self.costs(T, coarse[-1:] or [judge], intrinsics, K, hw)[0][0], T))
                 iterations += more
         T = min(candidates, key=lambda c: c[0])[1]
