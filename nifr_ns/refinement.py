@@ -399,36 +399,31 @@ class PoseRefiner:
                 torch.cat([level, self.intensity_map(image, stride, self.level_weight, level.shape[-2:])])
                 for level, stride in zip(levels, self.config.render_strides)
             ]
-        results = [self.refine_one(name, levels, polish, judge, intrinsics, T) for T in inits]
+        stages = self.stages(levels, polish)
+        results = [self.refine_one(name, stages, self.judges(stages[-1], judge), intrinsics, T) for T in inits]
         best = min(results, key=lambda r: r.final_cost)
         best.seconds = time.perf_counter() - start
         return best
 
+    def judges(self, last: Stage, judge: Optional[Tensor]) -> List[Stage]:
+        """What the initial and refined poses are compared by: the last stage's cost, on ``judge`` (the
+        polish stage's map at ``judge_stride``) when given, then the intensity check if on."""
+        if judge is not None:
+            targets = partial(self.targets, weight=self.config.polish.weight)
+            last = last._replace(fmap=judge, stride=self.config.polish.judging_stride, targets=targets)
+        return [last] + ([self.intensity_check(last)] if self.verifies else [])
+
     def refine_one(
-        self,
-        name: str,
-        levels: List[Tensor],
-        polish: Optional[Tensor],
-        judge: Optional[Tensor],
-        intrinsics: Intrinsics,
-        T_cw_init: np.ndarray,
+        self, name: str, stages: List[Stage], judges: List[Stage], intrinsics: Intrinsics, T_cw_init: np.ndarray
     ) -> QueryResult:
-        """One initial pose through the levels and, given its map (:meth:`polish_map`), the polish stage;
-        then the initial and refined poses compared by the last stage's cost, on ``judge`` (the polish
-        stage's map at ``judge_stride``) when given. A flagged refinement is tried again from restarts
+        """One initial pose through ``stages`` (:meth:`stages`), then the initial and refined poses
+        compared by ``judges`` (:meth:`judges`). A flagged refinement is tried again from restarts
         around the initial pose (:meth:`restart`), judged against the initial pose as before."""
         K = torch.from_numpy(intrinsics.K()).to(self.device, torch.float64)
         hw = (intrinsics.height, intrinsics.width)
         T_init = self.to_nerfstudio(T_cw_init).to(self.device)
-        stages = self.stages(levels, polish)
-        # judge both poses by the same measure: the last stage's, rendered at each pose
-        last = stages[-1]
-        if judge is not None:
-            targets = partial(self.targets, weight=self.config.polish.weight)
-            last = last._replace(fmap=judge, stride=self.config.polish.judging_stride, targets=targets)
-        judges = [last] + ([self.intensity_check(last)] if self.verifies else [])
         if self.config.mode == "render-compare":  # a fixed number of steps
-            T = self.render_and_compare(levels[-1], intrinsics, T_init)
+            T = self.render_and_compare(stages[-1].fmap, intrinsics, T_init)  # the finest level: no polish
             iterations, converged = self.config.render_compare_steps, True
         else:
             T, iterations, converged = self.solve(T_init, stages, intrinsics, K, hw)
