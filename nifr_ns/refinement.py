@@ -661,6 +661,7 @@ class PoseRefiner:
             directions=(directions / norms).float(),
             pixel_area=(K_inv[0, 0] * K_inv[1, 1] / norms**2).float(),  # 1 / (fx fy), per unit direction
             camera_indices=torch.zeros_like(uv[:, :1], dtype=torch.long),
+            metadata={"directions_norm": norms.float()},  # as Cameras.generate_rays: z-depth = depth / norm
         )
         return self.model(bundle)["feature"]
 

@@ -443,3 +443,16 @@ def test_the_levels_align_normalised_intensity_beside_the_features(exact_full) -
         results = [refiner.refine(q.name, relit(q.load_image()), q.intrinsics, [T]) for q, T in zip(query_set.queries, inits)]
         errors[weight] = np.median(pose_errors(np.stack([r.T_cw for r in results]), gt)[0])
     assert errors[1.0] < 0.04 and errors[1.0] < 0.5 * errors[0.0], errors
+
+
+def test_the_render_and_compare_mode_moves_the_pose_through_the_renderer(refiner_factory, queries) -> None:
+    """iNeRF-style steps render rays through the model (which needs their direction norms for z-depth)."""
+    refiner = refiner_factory(RefineConfig(mode="render-compare", render_compare_steps=3, restart_distance=0))
+    query = queries.queries[0]
+    init = perturbed_poses(queries, rot_deg=3.0, trans=0.1, seed=1)[0]
+    result = refiner.refine(query.name, query.load_image(), query.intrinsics, [init])
+    assert result.iterations == 3 and np.isfinite(result.initial_cost)
+    T = refiner.render_and_compare(
+        refiner.encode(query.load_image())[-1], query.intrinsics, refiner.to_nerfstudio(init).to(refiner.device)
+    )
+    assert not torch.allclose(T.cpu(), refiner.to_nerfstudio(init))
