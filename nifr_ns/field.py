@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Dict, Literal, Optional, Tuple
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from nerfstudio.cameras.rays import RaySamples
@@ -233,27 +233,53 @@ class NifrField(Field):
         density = self.average_init_density * trunc_exp(raw_density.to(positions)) * inside[..., None]
         return density, geo_features
 
-    def _appearance(self, ray_samples: RaySamples, shape: torch.Size) -> Optional[Tensor]:
+    def _appearance(self, camera_indices: Optional[Tensor], shape: torch.Size) -> Optional[Tensor]:
         if self.embedding_appearance is None:
             return None
         if self.training:
-            assert ray_samples.camera_indices is not None, "camera indices are needed for appearance"
-            return self.embedding_appearance(ray_samples.camera_indices.squeeze(-1))
+            assert camera_indices is not None, "camera indices are needed for appearance"
+            return self.embedding_appearance(camera_indices.squeeze(-1))
         dim = self.embedding_appearance.out_dim
         if self.use_average_appearance_embedding:
             return self.embedding_appearance.mean(dim=0).expand(*shape, dim)
-        return torch.zeros(*shape, dim, device=self._positions.device)
+        return torch.zeros(*shape, dim, device=self.aabb.device)
 
     def get_outputs(self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None) -> Dict:
         assert density_embedding is not None and self._positions is not None
-        shape = ray_samples.frustums.shape
-        directions = get_normalized_directions(ray_samples.frustums.directions)
-        colour_in = [self.direction_encoding(directions.view(-1, 3)), density_embedding.view(-1, self.geo_feat_dim)]
-        appearance = self._appearance(ray_samples, shape)
+        return self.sample_outputs(
+            self._positions, ray_samples.frustums.directions, density_embedding, ray_samples.camera_indices
+        )
+
+    def get_outputs_where(
+        self, ray_samples: RaySamples, density_embedding: Tensor, keep: Bool[Tensor, "*bs"]
+    ) -> Dict:
+        """``get_outputs`` at the samples ``keep`` selects only, zero elsewhere (after ``get_density``)."""
+        assert self._positions is not None
+        indices = None if ray_samples.camera_indices is None else ray_samples.camera_indices[keep]
+        kept = self.sample_outputs(
+            self._positions[keep], ray_samples.frustums.directions[keep], density_embedding[keep], indices
+        )
+        outputs = {}
+        for name, values in kept.items():
+            outputs[name] = values.new_zeros(*keep.shape, values.shape[-1]).index_put((keep,), values)
+        return outputs
+
+    def sample_outputs(
+        self,
+        positions: Float[Tensor, "*bs 3"],
+        directions: Float[Tensor, "*bs 3"],
+        geo_features: Float[Tensor, "*bs G"],
+        camera_indices: Optional[Tensor],
+    ) -> Dict:
+        """RGB and feature of samples at normalised ``positions`` seen along ``directions``."""
+        shape = positions.shape[:-1]
+        directions = get_normalized_directions(directions)
+        colour_in = [self.direction_encoding(directions.view(-1, 3)), geo_features.reshape(-1, self.geo_feat_dim)]
+        appearance = self._appearance(camera_indices, shape)
         if appearance is not None:
             colour_in.append(appearance.reshape(-1, appearance.shape[-1]))
         rgb = self.mlp_head(torch.cat(colour_in, dim=-1)).view(*shape, 3).to(directions)
-        return {FieldHeadNames.RGB: rgb, FEATURE: self.get_features(self._positions, density_embedding)}
+        return {FieldHeadNames.RGB: rgb, FEATURE: self.get_features(positions, geo_features)}
 
     def get_features(
         self, positions: Float[Tensor, "*bs 3"], geo_features: Float[Tensor, "*bs G"]

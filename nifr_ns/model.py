@@ -11,6 +11,7 @@ from typing import Dict, List, Tuple, Type
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from torch.nn import Parameter
 
@@ -124,6 +125,16 @@ class NifrModelConfig(NerfactoModelConfig):
     on the synthetic scene (exact depth maps) falls from 3.6 % to 0.3 % and refinement's recall at
     5 cm / 5 deg on 96 queries rises from 31 % to 43 % (seed 1: 7.0 -> 0.4 %, 16 -> 34 %), refined
     without the rotational search; with it, 28 % to 57 % (seed 1: 17 -> 38 %)."""
+    render_min_weight: float = 1e-4
+    """Outside training (refinement, evaluation, the viewer), colour and features are evaluated only at
+    samples whose rendering weight exceeds this; the rest add at most this much each to a ray (0:
+    every sample). Most samples carry no weight: on a nifr-small trained 6000 iterations, 37 % of a
+    view's samples weigh more than 1e-4 (46 % more than 1e-5), and a ray's skipped samples weigh
+    6e-4 at most. A render at 160x120 takes 0.40 instead of 0.51 s on 2 CPU cores, and a refined
+    query 1.67 instead of 2.01 s (16 queries, interleaved; 1.80 s at 1e-5). The poses change only
+    as much as from rounding: on 96 graded queries, recall at 5 cm / 5 deg and median for 0 / 1e-8
+    / 1e-5 / 1e-4, seed 42 90.6 / 91.7 / 91.7 / 92.7 % and 1.19 / 1.27 / 1.24 / 1.31 cm, seed 1
+    89.6 / 87.5 / 86.5 / 89.6 % and 1.37 / 1.31 / 1.44 / 1.62 cm."""
     geometry_warmup_steps: int = 300
     """The depth-dependent losses (multi-view, ranking) start once the geometry has had this many steps."""
 
@@ -218,8 +229,7 @@ class NifrModel(NerfactoModel):
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor | List]:
         ray_samples, weights_list, ray_samples_list = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
-        field_outputs = self.field.forward(ray_samples)
-        weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
+        field_outputs, weights = self.sample_field(ray_samples)
         weights_list.append(weights)
         ray_samples_list.append(ray_samples)
 
@@ -248,6 +258,19 @@ class NifrModel(NerfactoModel):
         for i in range(self.config.num_proposal_iterations):
             outputs[f"prop_depth_{i}"] = self.renderer_depth(weights=weights_list[i], ray_samples=ray_samples_list[i])
         return outputs
+
+    def sample_field(self, ray_samples: RaySamples) -> Tuple[Dict, Float[Tensor, "*bs 1"]]:
+        """The field's outputs at the samples and their rendering weights; outside training, colour
+        and features only where the weight exceeds ``render_min_weight``."""
+        threshold = self.config.render_min_weight
+        if self.training or not threshold > 0:
+            outputs = self.field.forward(ray_samples)
+            return outputs, ray_samples.get_weights(outputs[FieldHeadNames.DENSITY])
+        density, geo_features = self.field.get_density(ray_samples)
+        weights = ray_samples.get_weights(density)
+        outputs = self.field.get_outputs_where(ray_samples, geo_features, weights[..., 0] > threshold)
+        outputs[FieldHeadNames.DENSITY] = density
+        return outputs, weights
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)

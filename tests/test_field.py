@@ -59,6 +59,24 @@ def test_gradient_scale_scales_the_gradient() -> None:
     assert torch.allclose(grads[0] * 2, grads[1], atol=1e-6)
 
 
+def test_outputs_at_kept_samples_equal_the_dense_ones_and_are_zero_elsewhere() -> None:
+    from nerfstudio.cameras.rays import Frustums, RaySamples
+
+    field = make_field(0.0).eval()
+    ones = torch.ones(4, 5, 1)
+    directions = torch.nn.functional.normalize(torch.randn(4, 1, 3), dim=-1).expand(4, 5, 3)
+    starts = torch.linspace(0.0, 0.8, 5)[None, :, None].expand(4, 5, 1)
+    samples = RaySamples(Frustums(torch.full((4, 5, 3), 0.1), directions, starts, starts + 0.1, 0.01 * ones))
+    dense = field.forward(samples)
+    keep = torch.rand(4, 5) > 0.5
+    _, geo = field.get_density(samples)
+    sparse = field.get_outputs_where(samples, geo, keep)
+    for name in ("rgb", "feature"):
+        key = next(k for k in dense if getattr(k, "value", k) == name)
+        torch.testing.assert_close(sparse[key][keep], dense[key][keep])
+        assert (sparse[key][~keep] == 0).all()
+
+
 def test_a_bounded_field_maps_its_scene_box_to_the_unit_cube_and_is_empty_outside() -> None:
     from nerfstudio.cameras.rays import Frustums, RaySamples
 

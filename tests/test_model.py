@@ -42,6 +42,39 @@ def test_trained_model_renders_image_and_unit_features(loaded) -> None:
     assert psnr > 15.0, f"a held-out view should be recognisable after a short training, got {psnr:.1f} dB"
 
 
+def test_rendering_skips_the_heads_where_samples_carry_no_weight(loaded) -> None:
+    """Colour and features only at samples whose weight exceeds render_min_weight: the same image
+    (each ray loses at most that weight per skipped sample) from fewer evaluations of the heads."""
+    _, pipeline = loaded
+    model = pipeline.model
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1]
+    evaluated = []
+    heads = model.field.sample_outputs
+
+    def counted(positions, *args):
+        evaluated.append(positions.shape[:-1].numel())
+        return heads(positions, *args)
+
+    renders = {}
+    try:
+        model.field.sample_outputs = counted
+        for threshold in (0.0, 1e-4):
+            model.config.render_min_weight = threshold
+            with torch.no_grad():
+                renders[threshold] = model.get_outputs_for_camera(camera)
+    finally:
+        del model.field.sample_outputs
+        model.config.render_min_weight = 1e-4
+    samples = model.config.num_nerf_samples_per_ray
+    dense, sparse = renders[0.0], renders[1e-4]
+    assert sum(evaluated[: len(evaluated) // 2]) == dense["rgb"].shape[:2].numel() * samples
+    assert sum(evaluated[len(evaluated) // 2 :]) < sum(evaluated[: len(evaluated) // 2])  # 91 % after 300 steps
+    assert (dense["rgb"] - sparse["rgb"]).abs().max() <= 1e-4 * samples  # colours lie in [0, 1]
+    assert (dense["feature"] - sparse["feature"]).norm(dim=-1).max() < 1e-2  # unit vectors
+    torch.testing.assert_close(dense["accumulation"], sparse["accumulation"])
+    torch.testing.assert_close(dense["depth"], sparse["depth"])
+
+
 def test_ns_eval_reads_the_checkpoint(trained_tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval.json"
     subprocess.run(
