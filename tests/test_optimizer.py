@@ -116,6 +116,23 @@ def test_residual_jacobian_matches_autograd_through_exp_projection_and_grid_samp
     np.testing.assert_allclose(J.numpy(), expected.numpy(), rtol=1e-8, atol=1e-8)
 
 
+def test_the_solvers_normal_equations_equal_those_of_the_full_jacobian(rng):
+    """The solver forms J^T W J and J^T W r from the Jacobian's two factors, never J itself."""
+    from nifr_ns.optimizer import _Problem
+
+    fmap = torch.from_numpy(rng.normal(size=(6, H // 2, W // 2)))
+    points, _ = scene(rng, fmap, n=25)
+    targets = torch.from_numpy(rng.normal(size=(25, 6)))
+    weights = torch.from_numpy(rng.uniform(0.5, 1.5, size=25))
+    T = perturbed(rng, 2.0, 0.1)
+    config = LMConfig(robust_scale=0.5)
+    state = _Problem.build(points, targets, fmap, K, (H, W), weights, config).evaluate(T)
+    r, J, valid = residual_jacobian(T, points, targets, fmap, K, (H, W))
+    w = torch.where(valid, weights * robust_loss((r * r).sum(-1), config)[1], 0.0)
+    torch.testing.assert_close(state.H, torch.einsum("n,ndi,ndj->ij", w, J, J))
+    torch.testing.assert_close(state.g, torch.einsum("n,ndi,nd->i", w, J, r))
+
+
 def test_points_behind_the_camera_are_out_of_view(rng):
     fmap = wave_field(H, W)
     points, targets = scene(rng, fmap, n=10)
