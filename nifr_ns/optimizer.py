@@ -238,7 +238,8 @@ class _Problem:
         # J_i = G_i A_i, so J_i^T J_i = A_i^T (G_i^T G_i) A_i and J_i^T r_i = A_i^T G_i^T r_i: the
         # (N, D, 6) Jacobian is never formed, and the work per point falls from D x 36 to D x 5.
         gx, gy = G[..., 0], G[..., 1]
-        GtG = torch.stack([(gx * gx).sum(-1), (gx * gy).sum(-1), (gx * gy).sum(-1), (gy * gy).sum(-1)], -1)
+        gxy = (gx * gy).sum(-1)
+        GtG = torch.stack([(gx * gx).sum(-1), gxy, gxy, (gy * gy).sum(-1)], -1)  # (N, 4), G^T G row-major
         Gtr = torch.stack([(gx * r).sum(-1), (gy * r).sum(-1)], -1)  # (N, 2)
         weighted = (point_weights[:, None, None] * A).flatten(0, 1)  # (N * 2, 6)
         H = weighted.T @ (GtG.view(-1, 2, 2) @ A).flatten(0, 1)
