@@ -18,6 +18,9 @@ pose over a fixed set of points, so costs at any two poses compare fairly; and a
 leaves the view costs about what a mismatch costs, so the solver gains little by pushing badly
 matched points out of view and pays little for a point that truly leaves it.
 
+Also one step of the render-and-compare cost (:func:`render_step`): the same residuals, with the
+camera's motion moving the rendering instead of the query, for the driver to re-render after.
+
 Poses are updated on the left, T <- exp(xi) T, with xi = (omega, v) as in ``geometry.py``.
 """
 
@@ -235,16 +238,61 @@ class _Problem:
         total = self.weights.sum()
         cost = float((self.weights * torch.where(valid, rho, self.rho_out)).sum() / total) if total > 0 else math.inf
         point_weights = torch.where(valid, self.weights * rho_prime, 0.0)
-        # J_i = G_i A_i, so J_i^T J_i = A_i^T (G_i^T G_i) A_i and J_i^T r_i = A_i^T G_i^T r_i: the
-        # (N, D, 6) Jacobian is never formed, and the work per point falls from D x 36 to D x 5.
-        gx, gy = G[..., 0], G[..., 1]
-        gxy = (gx * gy).sum(-1)
-        GtG = torch.stack([(gx * gx).sum(-1), gxy, gxy, (gy * gy).sum(-1)], -1)  # (N, 4), G^T G row-major
-        Gtr = torch.stack([(gx * r).sum(-1), (gy * r).sum(-1)], -1)  # (N, 2)
-        weighted = (point_weights[:, None, None] * A).flatten(0, 1)  # (N * 2, 6)
-        H = weighted.T @ (GtG.view(-1, 2, 2) @ A).flatten(0, 1)
-        g = weighted.T @ Gtr.flatten()
+        H, g = _normal_equations(r, G, A, point_weights)
         return _State(T, cost, s, valid, self.weights * rho, H, g)
+
+
+def _normal_equations(r: Tensor, G: Tensor, A: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """H = sum_i w_i J_i^T J_i (6, 6) and g = sum_i w_i J_i^T r_i (6,) for J_i = G_i A_i, from the
+    residuals r (N, D), dF/duv G (N, D, 2), duv/dxi A (N, 2, 6) and weights w (N,).
+
+    J_i^T J_i = A_i^T (G_i^T G_i) A_i and J_i^T r_i = A_i^T G_i^T r_i: the (N, D, 6) Jacobian is
+    never formed, and the work per point falls from D x 36 to D x 5."""
+    gx, gy = G[..., 0], G[..., 1]
+    gxy = (gx * gy).sum(-1)
+    GtG = torch.stack([(gx * gx).sum(-1), gxy, gxy, (gy * gy).sum(-1)], -1)  # (N, 4), G^T G row-major
+    Gtr = torch.stack([(gx * r).sum(-1), (gy * r).sum(-1)], -1)  # (N, 2)
+    weighted = (weights[:, None, None] * A).flatten(0, 1)  # (N * 2, 6)
+    return weighted.T @ (GtG.view(-1, 2, 2) @ A).flatten(0, 1), weighted.T @ Gtr.flatten()
+
+
+def image_gradient(image: Tensor, image_hw: tuple[int, int]) -> Tensor:
+    """Central differences of an image (C, h, w) covering a full-resolution image (H, W) = image_hw,
+    one-sided at its border, in full-resolution pixel units: (h, w, C, 2), d/du then d/dv."""
+    _, h, w = image.shape
+    H, W = image_hw
+    d_dv, d_du = torch.gradient(image, dim=(1, 2))
+    return torch.stack([d_du * (w / W), d_dv * (h / H)], dim=-1).permute(1, 2, 0, 3)
+
+
+def render_step(
+    T_cw: Tensor,
+    points: Tensor,
+    targets: Tensor,
+    target_gradients: Tensor,
+    fmap: Tensor,
+    K: Tensor,
+    image_hw: tuple[int, int],
+    config: LMConfig,
+    damping: float = 1e-3,
+) -> Tensor | None:
+    """A damped Gauss-Newton step xi (6,) (T <- exp(xi) T_cw) on the render-and-compare cost, or None.
+
+    points (N, 3) and targets (N, D) are lifted from a rendering at T_cw itself, target_gradients
+    (N, D, 2) are that rendering's image gradient at their pixels (:func:`image_gradient`); the
+    other inputs as for :func:`lm_refine`. The residual is the same, F(u) - R_T(u) at the rendered
+    pixels u, but here the camera's motion moves the rendering, R_T(u) ~ R(u - duv), not the
+    query: dr/dxi = dR/duv duv/dxi. :func:`lm_refine`'s Jacobian, the query's gradient, leads to
+    where its points, held fixed, match best; this one to where re-rendered views match best,
+    which differ when the renders are not a rigid warp of one another (a learned field's are not).
+    """
+    f64 = torch.float64
+    r, _, A, seen = residual_factors(T_cw.to(f64), points.to(f64), targets.to(f64), fmap, K.to(f64), image_hw)
+    weights = torch.where(seen, robust_loss((r * r).sum(-1), config)[1], 0.0)
+    if not bool(seen.any()):
+        return None
+    H, g = _normal_equations(r, target_gradients.to(f64), A, weights)
+    return _damped_step(H, g, damping)
 
 
 def _damped_step(H: Tensor, g: Tensor, lam: float) -> Tensor | None:

@@ -13,7 +13,16 @@ import torch.nn.functional as F
 from torch.autograd.functional import jacobian
 
 from nifr_ns import geometry as g
-from nifr_ns.optimizer import LMConfig, lm_refine, point_costs, residual_jacobian, robust_loss, sample_with_gradient
+from nifr_ns.optimizer import (
+    LMConfig,
+    image_gradient,
+    lm_refine,
+    point_costs,
+    render_step,
+    residual_jacobian,
+    robust_loss,
+    sample_with_gradient,
+)
 
 H, W = 120, 160
 K = torch.tensor([[150.0, 0.0, W / 2], [0.0, 150.0, H / 2], [0.0, 0.0, 1.0]], dtype=torch.float64)
@@ -26,20 +35,30 @@ def grid_sample(fmap: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(fmap[None], grid[None, None], align_corners=False)[0, :, 0].T
 
 
-def wave_field(h: int, w: int, channels: int = 8) -> torch.Tensor:
-    """(channels, h, w) plane waves over the image, wavelengths from W down to W / 2.5, sampled at
-    the level's pixel centres: smooth, with a wide basin, and it pins down every image direction."""
+def waves(u: torch.Tensor, v: torch.Tensor, channels: int = 8) -> torch.Tensor:
+    """(channels, *u.shape) plane waves at full-resolution pixel positions, wavelengths from W down
+    to W / 2.5: smooth, with a wide basin, and they pin down every image direction."""
+    out = []
+    for k in range(channels // 2):
+        direction = 0.6 * k
+        phase = 2 * math.pi * (1 + 0.5 * k) / W * (math.cos(direction) * u + math.sin(direction) * v)
+        out += [torch.sin(phase), torch.cos(phase)]
+    return torch.stack(out)
+
+
+def pixel_centres(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, v), each (h, w): full-resolution positions of the centres of a level's pixels."""
     v, u = torch.meshgrid(
         (torch.arange(h, dtype=torch.float64) + 0.5) * H / h,
         (torch.arange(w, dtype=torch.float64) + 0.5) * W / w,
         indexing="ij",
     )
-    waves = []
-    for k in range(channels // 2):
-        direction = 0.6 * k
-        phase = 2 * math.pi * (1 + 0.5 * k) / W * (math.cos(direction) * u + math.sin(direction) * v)
-        waves += [torch.sin(phase), torch.cos(phase)]
-    return torch.stack(waves)
+    return u, v
+
+
+def wave_field(h: int, w: int, channels: int = 8) -> torch.Tensor:
+    """(channels, h, w) :func:`waves` sampled at the level's pixel centres."""
+    return waves(*pixel_centres(h, w), channels)
 
 
 def scene(rng: np.random.Generator, fmap: torch.Tensor, n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,3 +308,55 @@ def test_point_costs_are_the_solvers_cost_point_by_point(rng):
     assert float(point_costs(T_GT, points, targets, fmap, K, (H, W), config)[0].abs().max()) < 1e-20
     looking_away = torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0], dtype=torch.float64)) @ T_GT
     assert not point_costs(looking_away, points, targets, fmap, K, (H, W), config)[1].any()
+
+
+# --- steps on the render-and-compare cost ------------------------------------------------
+
+
+def test_image_gradient_is_in_full_resolution_pixel_units():
+    for h, w in ((H, W), (H // 2, W // 2), (H // 4, W // 4)):
+        u, v = pixel_centres(h, w)
+        grad = image_gradient(torch.stack([0.3 * u - 0.2 * v, 0.05 * v]), (H, W))
+        assert grad.shape == (h, w, 2, 2)
+        torch.testing.assert_close(grad[..., 0, :], torch.tensor([0.3, -0.2], dtype=torch.float64).expand(h, w, 2))
+        torch.testing.assert_close(grad[..., 1, :], torch.tensor([0.0, 0.05], dtype=torch.float64).expand(h, w, 2))
+
+
+def render_plane(T_cw: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An exact renderer at pose T_cw on a grid of ``stride``: a plane 3 units in front of the true
+    camera, textured so that the true camera sees :func:`wave_field`. Returns the grid's points
+    (h * w, 3), their values (h * w, D) and the values as an image (D, h, w)."""
+    h, w = H // stride, W // stride
+    u, v = pixel_centres(h, w)
+    rays = g.unproject(torch.stack([u, v], -1).reshape(-1, 2), torch.ones(h * w, dtype=torch.float64), K)
+    R_wc, centre = T_cw[:3, :3].T, -T_cw[:3, :3].T @ T_cw[:3, 3]
+    directions = rays @ R_wc.T  # world frame
+    in_true = lambda X: X @ T_GT[:3, :3].T + T_GT[:3, 3]  # noqa: E731
+    depth = (3.0 - in_true(centre)[2]) / (directions @ T_GT[:3, :3].T)[:, 2]
+    points = centre + depth[:, None] * directions
+    uv_true, _ = g.project(in_true(points), K)
+    values = waves(uv_true[:, 0], uv_true[:, 1]).T
+    return points, values, values.T.reshape(-1, h, w)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_render_steps_bring_an_exact_renderer_onto_the_query(rng, stride):
+    """Steps whose Jacobian is the rendering's gradient, re-rendered after each, converge to the
+    pose where the rendering matches the query when renders are rigid warps of one another."""
+    fmap = wave_field(H, W)
+    T = start = perturbed(rng, 2.0, 0.1)
+    for _ in range(8):
+        points, targets, image = render_plane(T, stride)
+        step = render_step(T, points, targets, image_gradient(image, (H, W)).flatten(0, 1), fmap, K, (H, W), LMConfig())
+        T = g.se3_exp(step) @ T
+    assert errors(start)[0] > 0.05
+    trans_err, rot_err = errors(T)
+    assert trans_err < 1e-3 and rot_err < 0.01, (trans_err, rot_err)
+
+
+def test_with_no_point_in_view_no_render_step_is_taken(rng):
+    fmap = wave_field(H, W)
+    points, targets, image = render_plane(T_GT, 4)
+    looking_away = torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0], dtype=torch.float64)) @ T_GT
+    gradients = image_gradient(image, (H, W)).flatten(0, 1)
+    assert render_step(looking_away, points, targets, gradients, fmap, K, (H, W), LMConfig()) is None
