@@ -619,7 +619,7 @@ class PoseRefiner:
         the visited pose of lowest cost and its :meth:`costs`."""
         judge = judges[0]
         rendering = self.render(T, intrinsics, judge.stride)
-        best = (self.rendered_costs(T, rendering, judges, K, hw), T)
+        best_T, best_costs = T, self.rendered_costs(T, rendering, judges, K, hw)
         steps = self.config.compare_steps if self.config.mode != "render-compare" else 0
         for _ in range(steps):
             if len(rendering.points) < 6:
@@ -632,9 +632,9 @@ class PoseRefiner:
             T = se3_exp(delta) @ T
             rendering = self.render(T, intrinsics, judge.stride)
             costs = self.rendered_costs(T, rendering, judges, K, hw)
-            if costs[0][0] < best[0][0][0]:
-                best = (costs, T)
-        return best[1], best[0]
+            if costs[0][0] < best_costs[0][0]:
+                best_T, best_costs = T, costs
+        return best_T, best_costs
 
     @staticmethod
     def target_image(stage: Stage, rendering: Rendering) -> Float[Tensor, "C h w"]:
