@@ -1,14 +1,16 @@
 """Regenerates benchmarks/README.md (and the headline block of the main README) from a fresh run.
 
     python benchmarks/reproduce.py [--load-config RUN/config.yml] [--load-config-rgbd RUN/config.yml]
-        [--depth-loss-mult 0.2] [--iterations 6000] [--work benchmarks/work]
+        [--depth-loss-mult 0.2] [--iterations 6000] [--work benchmarks/work] [--reuse-results]
 
 Steps: the default synthetic scene (seed 0); a graded query set of the same scene (same
 training views, queries cycling through none / mild / strong / strong+occluders); nifr-small
 trained on the scene from RGB alone for --iterations (skipped with --load-config), and again
 with its depth maps as sensor depth (--depth-loss-mult; skipped with --load-config-rgbd, left out with 0);
 ns-nifr-bench on the graded queries for each (with --sweep for the RGB model); then the
-Markdown pages are written from the results.json files, never edited by hand.
+Markdown pages are written from the results.json files, never edited by hand. With
+--reuse-results a bench whose results.json is already in --work is not run again (the same
+commands ran it earlier, for instance one model at a time while the other trained).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=HERE / "work", help="scenes, runs and raw results")
     parser.add_argument("--n-queries", type=int, default=24)
+    parser.add_argument("--reuse-results", action="store_true", help="do not rerun a bench whose results.json exists")
     args = parser.parse_args()
     work = args.work.resolve()
     scene, graded = work / "scene", work / "graded"
@@ -62,11 +65,13 @@ def main() -> None:
     commands.append(command_line("ns-nifr-synth", str(graded), "--n-queries", str(args.n_queries), "--grades", *GRADES))
 
     length = ["--max-num-iterations", str(args.iterations)]
-    rgb = train_and_bench(work, graded, "bench", length, args.load_config, commands, sweep=True)
+    rgb = train_and_bench(work, graded, "bench", length, args.load_config, commands, True, args.reuse_results)
     rgbd = None
     if args.depth_loss_mult > 0:
         depth = ["--pipeline.model.depth-loss-mult", f"{args.depth_loss_mult:g}"]
-        rgbd = train_and_bench(work, graded, "bench-rgbd", length + depth, args.load_config_rgbd, commands, sweep=False)
+        rgbd = train_and_bench(
+            work, graded, "bench-rgbd", length + depth, args.load_config_rgbd, commands, False, args.reuse_results
+        )
         rgbd["depth_loss_mult"] = args.depth_loss_mult
 
     for png in ("basin.png", "errors.png"):
@@ -77,10 +82,12 @@ def main() -> None:
 
 
 def train_and_bench(
-    work: Path, graded: Path, name: str, overrides: list, config: Path | None, commands: list, sweep: bool
+    work: Path, graded: Path, name: str, overrides: list, config: Path | None, commands: list, sweep: bool,
+    reuse: bool = False,
 ) -> dict:
     """Trains nifr-small on the scene with ``overrides`` (unless ``config`` is given), runs ns-nifr-bench
-    on the graded queries; returns the bench's results.json with its results.md and the training time."""
+    on the graded queries (unless ``reuse`` and its results.json exists); returns the bench's
+    results.json with its results.md and the training time."""
     train_minutes = None
     train = ["ns-train", "nifr-small", "--data", str(work / "scene"), "--output-dir", str(work / "runs"),
              "--timestamp", name, "--vis", "tensorboard", *overrides]
@@ -94,7 +101,8 @@ def train_and_bench(
     bench = ["ns-nifr-bench", "--load-config", str(config), "--queries", str(q / "init.txt"),
              "--ground-truth", str(q / "gt.txt"), "--intrinsics", str(q / "intrinsics.txt"),
              "--output", str(results), *(["--sweep"] if sweep else [])]
-    run(str(BIN / bench[0]), *bench[1:])
+    if not (reuse and (results / "results.json").exists()):
+        run(str(BIN / bench[0]), *bench[1:])
     commands.append(command_line(*bench))
     doc = json.loads((results / "results.json").read_text())
     iterations = int(re.search(r"^max_num_iterations: (\d+)$", config.read_text(), re.M).group(1))
