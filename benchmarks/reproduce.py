@@ -65,12 +65,13 @@ def main() -> None:
     commands.append(command_line("ns-nifr-synth", str(graded), "--n-queries", str(args.n_queries), "--grades", *GRADES))
 
     length = ["--max-num-iterations", str(args.iterations)]
-    rgb = train_and_bench(work, graded, "bench", length, args.load_config, commands, True, args.reuse_results)
+    reuse = args.reuse_results
+    rgb = train_and_bench(work, graded, "bench", length, args.load_config, commands, sweep=True, reuse=reuse)
     rgbd = None
     if args.depth_loss_mult > 0:
         depth = ["--pipeline.model.depth-loss-mult", f"{args.depth_loss_mult:g}"]
         rgbd = train_and_bench(
-            work, graded, "bench-rgbd", length + depth, args.load_config_rgbd, commands, False, args.reuse_results
+            work, graded, "bench-rgbd", length + depth, args.load_config_rgbd, commands, sweep=False, reuse=reuse
         )
         rgbd["depth_loss_mult"] = args.depth_loss_mult
 
