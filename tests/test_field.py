@@ -118,6 +118,22 @@ def test_triplane_total_variation_is_zero_when_constant_and_descending_it_smooth
     assert encoding.total_variation() < before
 
 
+def test_triplane_without_gradients_equals_nerfstudios_path_and_follows_plane_updates() -> None:
+    torch.manual_seed(0)
+    encoding = MultiResTriplaneEncoding((8, 16), channels=4)
+    x = torch.rand(5, 7, 3)
+    reference = encoding(x)  # gradients on: nerfstudio's KPlanes path
+    with torch.no_grad():
+        stacked = encoding(x)
+    assert stacked.shape == reference.shape == (5, 7, 8)
+    assert torch.equal(stacked, reference)
+    with torch.no_grad():  # a training step in place: the stacked planes must not go stale
+        for plane in encoding.parameters():
+            plane.mul_(1.5)
+        updated = encoding(x)
+    assert torch.equal(updated, encoding(x).detach()) and not torch.equal(updated, stacked)
+
+
 def test_cube_contraction_equals_nerfstudios_and_carries_its_gradient() -> None:
     from nerfstudio.field_components.spatial_distortions import SceneContraction
 

@@ -14,6 +14,7 @@ from torch.autograd.functional import jacobian
 
 from nifr_ns import geometry as g
 from nifr_ns.optimizer import (
+    FeatureMap,
     LMConfig,
     image_gradient,
     lm_refine,
@@ -94,6 +95,8 @@ def test_sample_gradient_matches_grid_sample_autograd_and_finite_differences(rng
     values, grad, valid = sample_with_gradient(fmap, uv, (H, W))
     assert valid.all()
     np.testing.assert_allclose(values.numpy(), grid_sample(fmap, uv).numpy(), atol=1e-12)
+    laid_out = sample_with_gradient(FeatureMap.of(fmap), uv, (H, W))  # the solver's layout, the same samples
+    assert all(torch.equal(a, b) for a, b in zip(laid_out, (values, grad, valid)))
 
     # grid_sample's autograd: each point's features depend only on its own uv.
     full = jacobian(lambda x: grid_sample(fmap, x), uv)  # (N, D, N, 2)
