@@ -124,7 +124,10 @@ def test_the_spread_limit_is_on_for_geometry_from_rgb_and_off_with_sensor_depth(
         refiner_factory(RefineConfig(max_depth_spread=0.0))
 
 
-@pytest.mark.parametrize("polish", [PolishConfig(stride=0), PolishConfig(point_step=0), PolishConfig(judge_stride=0)])
+@pytest.mark.parametrize(
+    "polish",
+    [PolishConfig(stride=0), PolishConfig(point_step=0), PolishConfig(column_step=0), PolishConfig(judge_stride=0)],
+)
 def test_strides_below_one_are_refused(refiner_factory, polish) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         refiner_factory(RefineConfig(polish=polish))
@@ -248,6 +251,21 @@ def test_normalised_intensity_cancels_exposure_colour_cast_and_gamma() -> None:
     assert difference.abs().mean() < 0.05 * normalized_log_rgb(image, 5).abs().mean()
 
 
+def test_normalised_intensity_over_a_rectangle_is_each_pixels_standard_score_in_it() -> None:
+    """The polish stage renders every second column and normalises over rows x columns: at a pixel
+    away from the border, the log intensity's standard score among the rectangle around it."""
+    image = torch.rand(3, 24, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.7 + 0.25
+    rows, columns, eps = 9, 5, 0.02
+    normalised = normalized_log_rgb(image, (rows, columns), eps)
+    x = torch.log(image + eps)
+    for v, u in ((10, 7), (5, 20)):
+        patch = x[:, v - rows // 2 : v + rows // 2 + 1, u - columns // 2 : u + columns // 2 + 1].flatten(1)
+        expected = (x[:, v, u] - patch.mean(1)) / torch.sqrt(patch.var(1, unbiased=False) + 1e-3)
+        torch.testing.assert_close(normalised[:, v, u], expected)
+    assert torch.equal(normalized_log_rgb(image, 5), normalized_log_rgb(image, (5, 5)))
+    assert not torch.allclose(normalised, normalized_log_rgb(image, rows))
+
+
 def test_normalised_intensity_aligns_a_relit_image_where_rgb_fails(exact) -> None:
     """The polish stage's intensity channels alone, against exact geometry and colour, on queries
     darkened, colour-cast and gamma-changed: normalised log intensity brings the poses close to the
@@ -312,10 +330,20 @@ def test_the_polish_stage_renders_at_its_stride_and_judges_at_the_judge_stride(r
     init = perturbed_poses(queries, rot_deg=3.0, trans=0.1, seed=1)[0]
     # no restarts: a flagged query would render the polish stage again
     fine = refiner_factory(RefineConfig(polish=PolishConfig(stride=1, judge_stride=2), restart_distance=0))
-    strides = []
+    strides, widths = [], []
     render = fine.render
-    fine.render = lambda T, intrinsics, stride: strides.append(stride) or render(T, intrinsics, stride)
+
+    def recording(T, intrinsics, stride):
+        strides.append(stride)
+        widths.append(intrinsics.width)
+        return render(T, intrinsics, stride)
+
+    fine.render = recording
     result = fine.refine(query.name, query.load_image(), query.intrinsics, [init])
+    # the polish stage renders every second column (pixels two columns wide); the rest every column
+    polish_widths = {w for w, stride in zip(widths, strides) if stride == 1}
+    assert polish_widths == {round(query.intrinsics.width / fine.config.polish.column_step)}
+    assert set(widths) - polish_widths == {query.intrinsics.width}
     # after the polish stage's render, the settling steps' renders and the initial pose's, all at 2
     after_polish = strides[len(strides) - strides[::-1].index(1) :]
     assert strides.count(1) == fine.config.polish.renders, strides
