@@ -9,8 +9,9 @@ aligns the finest features together with the intensity on a finer grid, of which
 every second column (:class:`PolishConfig`), and a few Gauss-Newton steps on that stage's
 render-and-compare cost, re-rendering each time, settle the pose where the renders match the
 query best; its cost decides whether the query improved, with its intensity channels alone as a
-check that the learned features did not lead the solver astray. Also the photometric mode (RGB instead of features, same solver) and the
-render-and-compare mode (gradients through the renderer, iNeRF-style) for comparison.
+check that the learned features did not lead the solver astray. Also the photometric mode (RGB
+instead of features, same solver) and the render-and-compare mode (gradients through the
+renderer, iNeRF-style) for comparison.
 
 Poses come in and go out in the user's world frame; the solver works in nerfstudio's
 normalised frame, through the model's ``DataparserTransform``.
