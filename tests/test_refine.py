@@ -178,6 +178,45 @@ def test_a_flagged_refinement_is_restarted_and_the_restart_judged_against_the_in
             assert result.report()["restarted"]
 
 
+def test_several_starts_run_the_coarse_levels_and_the_lowest_cost_goes_on(exact_full) -> None:
+    """With five starts, the coarse levels run from the searched initial pose and from it moved
+    restart_distance along and against the camera's x and y axes; the finest level then runs once,
+    from the candidate of lowest cost on the last coarse level, and the result is refined."""
+    query_set, photometric, inits = exact_full
+    refiner = copy.copy(photometric)
+    refiner.config = replace(photometric.config, starts=5)
+    coarse_runs, fine_runs = [], []
+    n_coarse = len(refiner.config.render_strides) - 1  # photometric: no polish stage
+
+    def solve(T, stages, *args, **kwargs):
+        result = PoseRefiner.solve(refiner, T, stages, *args, **kwargs)
+        (coarse_runs if len(stages) == n_coarse else fine_runs).append((T, stages, result[0]))
+        return result
+
+    refiner.solve = solve
+    query = query_set.queries[0]
+    result = refiner.refine(query.name, query.load_image(), query.intrinsics, [inits[0]])
+    assert len(coarse_runs) == 5 and len(fine_runs) == 1
+    first = coarse_runs[0][0]
+    offsets = [(T @ torch.linalg.inv(first))[:3, 3] for T, _, _ in coarse_runs]
+    expected = [(0, 0, 0), (-0.04, 0, 0), (0.04, 0, 0), (0, -0.04, 0), (0, 0.04, 0)]
+    torch.testing.assert_close(torch.stack(offsets), torch.tensor(expected, dtype=first.dtype))
+    K = torch.from_numpy(query.intrinsics.K()).double()
+    hw = (query.intrinsics.height, query.intrinsics.width)
+    costs = [refiner.costs(T, stages[-1:], query.intrinsics, K, hw)[0][0] for _, stages, T in coarse_runs]
+    assert len(set(costs)) == 5  # the candidates differ, so the choice means something
+    torch.testing.assert_close(fine_runs[0][0], coarse_runs[int(np.argmin(costs))][2])
+    t0, _ = pose_errors(inits[0], query.T_cw_gt)
+    t1, _ = pose_errors(result.T_cw, query.T_cw_gt)
+    assert result.improved and t1 < t0 / 2, (t0, t1)
+
+
+@pytest.mark.parametrize("starts, distance", [(0, 0.04), (6, 0.04), (2, 0.0)])
+def test_starts_outside_one_to_five_or_without_a_spacing_are_refused(refiner_factory, starts, distance) -> None:
+    with pytest.raises(ValueError, match=f"starts must be from 1 to 5.* got {starts}"):
+        refiner_factory(RefineConfig(starts=starts, restart_distance=distance))
+
+
 @pytest.mark.parametrize("setting", [{"restart_distance": -0.1}, {"compare_steps": -1}])
 def test_a_negative_restart_distance_or_step_count_is_refused(refiner_factory, setting) -> None:
     (name, value), = setting.items()
