@@ -36,22 +36,24 @@ class SwappedRenderer(PoseRefiner):
         super().__init__(pipeline, transform, config)
         self.scene, self.swap = scene, swap
 
-    def render(self, T_cw_ns, intrinsics, stride):
-        points, out = self.render_outputs(T_cw_ns, intrinsics, stride)
+    def render_outputs(self, T_cw_ns, intrinsics, stride):
+        points, out = super().render_outputs(T_cw_ns, intrinsics, stride)
         if self.swap == "none":
-            return self.lift(points, out)
+            return points, out
+        points, out = points.clone(), {k: v.clone() for k, v in out.items()}
         small = intrinsics.scaled(1 / stride, 1 / stride)
-        T_cw = self.to_world(T_cw_ns)
-        rgb, depth = render_view(self.scene, T_cw, small, supersample=3)
-        if self.swap in ("geometry", "both"):
-            h, w = depth.shape
-            X_world = depth_map_to_world(depth, small.K(), T_cw).reshape(-1, 3)
-            points = torch.from_numpy(self.transform.points_to_nerfstudio(X_world)).reshape(h, w, 3).float()
-            out["accumulation"] = torch.from_numpy((depth > 0)[..., None].astype(np.float32))
-            out["depth_spread"] = torch.zeros_like(out["depth_spread"])
-        if self.swap in ("colour", "both"):
-            out["rgb"] = torch.from_numpy(rgb).float()
-        return self.lift(points, out)
+        for b, T_cw_ns_b in enumerate(T_cw_ns):
+            T_cw = self.to_world(T_cw_ns_b)
+            rgb, depth = render_view(self.scene, T_cw, small, supersample=3)
+            if self.swap in ("geometry", "both"):
+                h, w = depth.shape
+                X_world = depth_map_to_world(depth, small.K(), T_cw).reshape(-1, 3)
+                points[b] = torch.from_numpy(self.transform.points_to_nerfstudio(X_world)).reshape(h, w, 3).float()
+                out["accumulation"][b] = torch.from_numpy((depth > 0)[..., None].astype(np.float32))
+                out["depth_spread"][b] = 0.0
+            if self.swap in ("colour", "both"):
+                out["rgb"][b] = torch.from_numpy(rgb).float()
+        return points, out
 
 
 def main() -> None:

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from nifr_ns.geometry import point_pose_jacobian, project, project_jacobian, se3_exp, transform_points
 
@@ -187,15 +188,19 @@ def robust_loss(s: Tensor, config: LMConfig) -> tuple[Tensor, Tensor]:
     return s, torch.ones_like(s)
 
 
-def _out_of_view_cost(targets: Tensor, fmap: FeatureMap, config: LMConfig) -> Tensor:
+def _out_of_view_cost(targets: Tensor, fmap: FeatureMap, config: LMConfig, present: Tensor | None = None) -> Tensor:
     """The robust cost of a random match, charged for a point out of view: the mean squared
-    distance between a target (N, D) and a feature of the map."""
+    distance between a target and a feature of the map. targets (..., N, D), of which those where
+    ``present`` (..., N) (default: all) count -> (...,)."""
     targets = targets.to(torch.float64)
+    if present is None:
+        present = torch.ones(targets.shape[:-1], dtype=torch.bool, device=targets.device)
+    share = present[..., None] / present.sum(-1).clamp_min(1)[..., None, None]
+    mean = (share * targets).sum(-2)
+    variance = (share * (targets - mean[..., None, :]).square()).sum((-2, -1))
     map_features = fmap.rows.to(torch.float64)
     s_out = (
-        targets.var(0, unbiased=False).sum()
-        + map_features.var(0, unbiased=False).sum()
-        + (targets.mean(0) - map_features.mean(0)).square().sum()
+        variance + map_features.var(0, unbiased=False).sum() + (mean - map_features.mean(0)).square().sum(-1)
     )
     return robust_loss(s_out, config)[0]
 
@@ -213,71 +218,82 @@ def point_costs(
 
 
 class _State(NamedTuple):
-    """The problem linearised at one pose."""
+    """B problems linearised each at one pose."""
 
-    T: Tensor  # (4, 4)
-    cost: float
-    s: Tensor  # (N,) squared residual norms
-    valid: Tensor  # (N,) in view
-    rho: Tensor  # (N,) weighted robust cost of each point (meaningful where valid)
-    H: Tensor  # (6, 6) Gauss-Newton Hessian, IRLS-weighted
-    g: Tensor  # (6,) gradient
+    T: Tensor  # (B, 4, 4)
+    cost: Tensor  # (B,)
+    s: Tensor  # (B, N) squared residual norms
+    valid: Tensor  # (B, N) in view (padding never is)
+    rho: Tensor  # (B, N) weighted robust cost of each point (meaningful where valid)
+    H: Tensor  # (B, 6, 6) Gauss-Newton Hessian, IRLS-weighted
+    g: Tensor  # (B, 6) gradient
+
+    def where(self, mask: Tensor, other: _State) -> _State:
+        """This state, with the problems where mask (B,) taken from ``other``."""
+        return _State(*(torch.where(mask.view(-1, *[1] * (a.dim() - 1)), b, a) for a, b in zip(self, other)))
 
 
 @dataclass(frozen=True)
 class _Problem:
-    """The solver's inputs in float64."""
+    """B problems on one map, their points padded to one length N, in float64."""
 
-    points: Tensor  # (N, 3)
-    targets: Tensor  # (N, D)
+    points: Tensor  # (B, N, 3)
+    targets: Tensor  # (B, N, D)
+    present: Tensor  # (B, N) which points are not padding
     fmap: FeatureMap
     K: Tensor  # (3, 3)
     image_hw: tuple[int, int]
-    weights: Tensor  # (N,)
+    weights: Tensor  # (B, N), 0 for padding
     config: LMConfig
-    rho_out: Tensor  # () cost of a point out of view
+    rho_out: Tensor  # (B,) cost of a point out of view
 
     @classmethod
     def build(
         cls,
-        points: Tensor,
-        targets: Tensor,
-        fmap: Tensor,
+        points: Sequence[Tensor],
+        targets: Sequence[Tensor],
+        fmap: Tensor | FeatureMap,
         K: Tensor,
         image_hw: tuple[int, int],
-        weights: Tensor | None,
+        weights: Sequence[Tensor] | None,
         config: LMConfig,
     ) -> _Problem:
         f64 = torch.float64
-        targets = targets.to(f64)
-        weights = torch.ones(len(points), dtype=f64, device=points.device) if weights is None else weights.to(f64)
+        present = pad_sequence([torch.ones(len(p), dtype=torch.bool, device=p.device) for p in points], True)
+        if weights is None:
+            weights = [torch.ones(len(p), dtype=f64, device=p.device) for p in points]
+        padded_weights = pad_sequence([w.to(f64) for w in weights], True)
+        targets = pad_sequence([t.to(f64) for t in targets], True)
         fmap = FeatureMap.of(fmap)
-        rho_out = _out_of_view_cost(targets, fmap, config)
-        return cls(points.to(f64), targets, fmap, K.to(f64), tuple(image_hw), weights, config, rho_out)
+        rho_out = _out_of_view_cost(targets, fmap, config, present)
+        points = pad_sequence([p.to(f64) for p in points], True)
+        return cls(points, targets, present, fmap, K.to(f64), tuple(image_hw), padded_weights, config, rho_out)
 
     def evaluate(self, T: Tensor) -> _State:
-        r, G, A, valid = residual_factors(T, self.points, self.targets, self.fmap, self.K, self.image_hw)
+        r, G, A, seen = residual_factors(T, self.points, self.targets, self.fmap, self.K, self.image_hw)
+        valid = seen & self.present
         s = (r * r).sum(-1)
         rho, rho_prime = robust_loss(s, self.config)
-        total = self.weights.sum()
-        cost = float((self.weights * torch.where(valid, rho, self.rho_out)).sum() / total) if total > 0 else math.inf
-        point_weights = torch.where(valid, self.weights * rho_prime, 0.0)
-        H, g = _normal_equations(r, G, A, point_weights)
+        total = self.weights.sum(-1)
+        charged = (self.weights * torch.where(valid, rho, self.rho_out[:, None])).sum(-1)
+        cost = torch.where(total > 0, charged / total.clamp_min(1e-300), math.inf)
+        H, g = _normal_equations(r, G, A, torch.where(valid, self.weights * rho_prime, 0.0))
         return _State(T, cost, s, valid, self.weights * rho, H, g)
 
 
 def _normal_equations(r: Tensor, G: Tensor, A: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """H = sum_i w_i J_i^T J_i (6, 6) and g = sum_i w_i J_i^T r_i (6,) for J_i = G_i A_i, from the
-    residuals r (N, D), dF/duv G (N, D, 2), duv/dxi A (N, 2, 6) and weights w (N,).
+    """H = sum_i w_i J_i^T J_i (..., 6, 6) and g = sum_i w_i J_i^T r_i (..., 6) for J_i = G_i A_i, from
+    the residuals r (..., N, D), dF/duv G (..., N, D, 2), duv/dxi A (..., N, 2, 6) and weights w (..., N).
 
     J_i^T J_i = A_i^T (G_i^T G_i) A_i and J_i^T r_i = A_i^T G_i^T r_i: the (N, D, 6) Jacobian is
     never formed, and the work per point falls from D x 36 to D x 5."""
     gx, gy = G[..., 0], G[..., 1]
     gxy = (gx * gy).sum(-1)
-    GtG = torch.stack([(gx * gx).sum(-1), gxy, gxy, (gy * gy).sum(-1)], -1)  # (N, 4), G^T G row-major
-    Gtr = torch.stack([(gx * r).sum(-1), (gy * r).sum(-1)], -1)  # (N, 2)
-    weighted = (weights[:, None, None] * A).flatten(0, 1)  # (N * 2, 6)
-    return weighted.T @ (GtG.view(-1, 2, 2) @ A).flatten(0, 1), weighted.T @ Gtr.flatten()
+    GtG = torch.stack([(gx * gx).sum(-1), gxy, gxy, (gy * gy).sum(-1)], -1)  # (..., N, 4), G^T G row-major
+    Gtr = torch.stack([(gx * r).sum(-1), (gy * r).sum(-1)], -1)  # (..., N, 2)
+    weighted = (weights[..., None, None] * A).flatten(-3, -2).transpose(-1, -2)  # (..., 6, N * 2)
+    GtGA = (GtG.unflatten(-1, (2, 2)) @ A).flatten(-3, -2)
+    return weighted @ GtGA, (weighted @ Gtr.flatten(-2)[..., None])[..., 0]
 
 
 def image_gradient(image: Tensor, image_hw: tuple[int, int]) -> Tensor:
@@ -317,37 +333,40 @@ def render_step(
     if not bool(seen.any()):
         return None
     H, g = _normal_equations(r, target_gradients.to(f64), A, weights)
-    return _damped_step(H, g, damping)
+    delta, usable = _damped_step(H, g, damping)
+    return delta if bool(usable) else None
 
 
-def _damped_step(H: Tensor, g: Tensor, lam: float) -> Tensor | None:
-    """The LM update delta (6,) solving (H + lam diag(H)) delta = -g, or None if singular."""
-    diagonal = H.diagonal()
+def _damped_step(H: Tensor, g: Tensor, lam: Tensor | float) -> tuple[Tensor, Tensor]:
+    """The LM updates delta (..., 6) solving (H + lam diag(H)) delta = -g for H (..., 6, 6), g (..., 6) and
+    lam (...,), and whether each is usable (...,): not singular, finite."""
+    diagonal = H.diagonal(dim1=-2, dim2=-1)
     # A floor keeps directions the points do not constrain (diag(H) ~ 0) damped too.
-    damping = lam * diagonal.clamp_min(1e-9 * float(diagonal.max()))
-    delta, info = torch.linalg.solve_ex(H + torch.diag(damping), -g)
-    return delta if int(info) == 0 and bool(torch.isfinite(delta).all()) else None
+    floor = 1e-9 * diagonal.amax(-1, keepdim=True)
+    damping = torch.as_tensor(lam, dtype=H.dtype, device=H.device)[..., None] * torch.maximum(diagonal, floor)
+    delta, info = torch.linalg.solve_ex(H + torch.diag_embed(damping), -g)
+    return delta, (info == 0) & torch.isfinite(delta).all(-1)
 
 
-def _relative_decrease(state: _State, trial: _State) -> float:
-    """How much better the trial pose fits the points both poses see (share of their cost).
+def _relative_decrease(state: _State, trial: _State) -> Tensor:
+    """How much better each trial pose fits the points both poses see (share of their cost), (B,);
+    -inf where they see none in common.
 
     Judged on the common points: a step that moves a few border points out of view would
     otherwise be rejected for the jump to their out-of-view charge, however much better it
     fits the rest, and the solver would stall near any pose that sees points at the border.
     """
     common = state.valid & trial.valid
-    if not common.any():
-        return -math.inf
-    before = float(state.rho[common].sum())
-    return (before - float(trial.rho[common].sum())) / max(before, 1e-300)
+    before = torch.where(common, state.rho, 0.0).sum(-1)
+    after = torch.where(common, trial.rho, 0.0).sum(-1)
+    return torch.where(common.any(-1), (before - after) / before.clamp_min(1e-300), -math.inf)
 
 
 def lm_refine(
     T_cw_init: Tensor,
     points: Tensor,
     targets: Tensor,
-    fmap: Tensor,
+    fmap: Tensor | FeatureMap,
     K: Tensor,
     image_hw: tuple[int, int],
     config: LMConfig | None = None,
@@ -358,43 +377,64 @@ def lm_refine(
     weights (N,) >= 0 scale each point's cost (e.g. rendered opacity). The inputs may be float32
     or float64 (all of one dtype and device except fmap); the solve runs in float64.
     """
+    batch_weights = None if weights is None else [weights]
+    return lm_refine_batch([T_cw_init], [points], [targets], fmap, K, image_hw, config, batch_weights)[0]
+
+
+def lm_refine_batch(
+    T_cw_init: Sequence[Tensor],
+    points: Sequence[Tensor],
+    targets: Sequence[Tensor],
+    fmap: Tensor | FeatureMap,
+    K: Tensor,
+    image_hw: tuple[int, int],
+    config: LMConfig | None = None,
+    weights: Sequence[Tensor] | None = None,
+) -> list[LMResult]:
+    """:func:`lm_refine` for B problems on one map at once (the b-th from T_cw_init[b] with points[b],
+    targets[b] and weights[b], their N_b of their own): each takes the steps, damping and stop it
+    would alone, while the tensor work of a step is shared, so that B solves on small grids, whose
+    time is mostly per operation rather than per point, cost little more than one."""
     config = config or LMConfig()
     problem = _Problem.build(points, targets, fmap, K, image_hw, weights, config)
-    start = state = problem.evaluate(T_cw_init.to(torch.float64))
-    history = [state.cost]
-    lam, iterations, converged = config.lambda_init, 0, False
+    start = state = problem.evaluate(torch.stack([T.to(torch.float64) for T in T_cw_init]))
+    batch = len(T_cw_init)
+    history = [[cost] for cost in start.cost.tolist()]
+    lam = torch.full((batch,), config.lambda_init, dtype=torch.float64, device=start.T.device)
+    iterations = torch.zeros(batch, dtype=torch.long, device=start.T.device)
+    converged = torch.zeros_like(start.valid[:, 0])
+    running = start.valid.any(-1) & (config.max_iterations > 0)
 
-    while state.valid.any() and iterations < config.max_iterations:
-        delta = _damped_step(state.H, state.g, lam)
-        if delta is not None and float(delta.norm()) < config.step_tolerance:
-            converged = True
-            break
-        iterations += 1
-        trial = None if delta is None else problem.evaluate(se3_exp(delta) @ state.T)
-        decrease = -math.inf if trial is None else _relative_decrease(state, trial)
-        if decrease > 0:
-            small_decrease = decrease < config.cost_tolerance
-            state, lam = trial, lam / config.lambda_factor
-            history.append(state.cost)
-            if small_decrease:
-                converged = True
-                break
-        else:
-            lam *= config.lambda_factor
-            history.append(state.cost)
-            if lam > config.lambda_max:
-                break
+    while bool(running.any()):
+        delta, usable = _damped_step(state.H, state.g, lam)
+        tiny = running & usable & (delta.norm(dim=-1) < config.step_tolerance)
+        converged |= tiny
+        running &= ~tiny
+        iterations += running
+        trial = problem.evaluate(se3_exp(torch.where((running & usable)[:, None], delta, 0.0)) @ state.T)
+        decrease = torch.where(running & usable, _relative_decrease(state, trial), -math.inf)
+        accepted, rejected = decrease > 0, running & ~(decrease > 0)
+        state = state.where(accepted, trial)
+        lam = torch.where(accepted, lam / config.lambda_factor, torch.where(rejected, lam * config.lambda_factor, lam))
+        for b in running.nonzero()[:, 0].tolist():
+            history[b].append(float(state.cost[b]))
+        small_decrease = accepted & (decrease < config.cost_tolerance)
+        converged |= small_decrease
+        gave_up = rejected & (lam > config.lambda_max)
+        running &= ~small_decrease & ~gave_up & (iterations < config.max_iterations) & state.valid.any(-1)
 
-    num_valid = int(state.valid.sum())
-    inliers = state.valid & (state.s < config.robust_scale**2)
-    return LMResult(
-        T_cw=state.T.to(T_cw_init),
-        initial_cost=start.cost,
-        final_cost=state.cost,
-        iterations=iterations,
-        inlier_ratio=int(inliers.sum()) / num_valid if num_valid else 0.0,
-        converged=converged,
-        num_valid=num_valid,
-        cost_history=history,
-    )
-
+    num_valid = state.valid.sum(-1).tolist()
+    inliers = (state.valid & (state.s < config.robust_scale**2)).sum(-1).tolist()
+    return [
+        LMResult(
+            T_cw=state.T[b].to(T_cw_init[b]),
+            initial_cost=float(start.cost[b]),
+            final_cost=float(state.cost[b]),
+            iterations=int(iterations[b]),
+            inlier_ratio=inliers[b] / num_valid[b] if num_valid[b] else 0.0,
+            converged=bool(converged[b]),
+            num_valid=num_valid[b],
+            cost_history=history[b],
+        )
+        for b in range(batch)
+    ]

@@ -18,6 +18,7 @@ from nifr_ns.optimizer import (
     LMConfig,
     image_gradient,
     lm_refine,
+    lm_refine_batch,
     point_costs,
     render_step,
     residual_jacobian,
@@ -148,11 +149,11 @@ def test_the_solvers_normal_equations_equal_those_of_the_full_jacobian(rng):
     weights = torch.from_numpy(rng.uniform(0.5, 1.5, size=25))
     T = perturbed(rng, 2.0, 0.1)
     config = LMConfig(robust_scale=0.5)
-    state = _Problem.build(points, targets, fmap, K, (H, W), weights, config).evaluate(T)
+    state = _Problem.build([points], [targets], fmap, K, (H, W), [weights], config).evaluate(T[None])
     r, J, valid = residual_jacobian(T, points, targets, fmap, K, (H, W))
     w = torch.where(valid, weights * robust_loss((r * r).sum(-1), config)[1], 0.0)
-    torch.testing.assert_close(state.H, torch.einsum("n,ndi,ndj->ij", w, J, J))
-    torch.testing.assert_close(state.g, torch.einsum("n,ndi,nd->i", w, J, r))
+    torch.testing.assert_close(state.H[0], torch.einsum("n,ndi,ndj->ij", w, J, J))
+    torch.testing.assert_close(state.g[0], torch.einsum("n,ndi,nd->i", w, J, r))
 
 
 def test_points_behind_the_camera_are_out_of_view(rng):
@@ -262,6 +263,28 @@ def test_with_no_point_in_view_the_pose_is_returned_unchanged(rng):
     result = lm_refine(looking_away, points, targets, fmap, K, (H, W))
     assert torch.equal(result.T_cw, looking_away)
     assert result.num_valid == 0 and result.iterations == 0 and not result.converged
+
+
+def test_a_batch_of_problems_solves_each_as_it_would_alone(rng):
+    # Different sizes (padding), weights, a far start that needs many more steps than the others,
+    # and one that sees nothing: each must take exactly its own steps, not the batch's.
+    fmap = wave_field(H // 4, W // 4)
+    sizes = [300, 40, 120, 20]
+    problems = [scene(rng, fmap, n) for n in sizes]
+    looking_away = torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0], dtype=torch.float64)) @ T_GT
+    starts = [perturbed(rng), perturbed(rng, 0.5, 0.02), perturbed(rng, 8.0, 0.5), looking_away]
+    weights = [torch.from_numpy(rng.uniform(0.2, 1.0, n)) for n in sizes]
+    points, targets = zip(*problems)
+
+    together = lm_refine_batch(starts, points, targets, fmap, K, (H, W), LMConfig(), weights)
+    for b, result in enumerate(together):
+        alone = lm_refine(starts[b], points[b], targets[b], fmap, K, (H, W), LMConfig(), weights[b])
+        assert result.iterations == alone.iterations and result.converged == alone.converged
+        assert result.num_valid == alone.num_valid and result.inlier_ratio == alone.inlier_ratio
+        assert result.cost_history == pytest.approx(alone.cost_history, rel=1e-9, abs=1e-15)
+        assert torch.allclose(result.T_cw, alone.T_cw, atol=1e-10)
+    assert len({result.iterations for result in together}) > 2, "expected the problems to stop at different steps"
+    assert torch.equal(together[3].T_cw, looking_away) and together[3].iterations == 0
 
 
 def cost_at(T_cw, points, targets, fmap, K, image_hw, config):

@@ -47,16 +47,18 @@ class ExactRenderer(PoseRefiner):
         self.pipeline, self.scene = pipeline, scene
         self.supersample = 1  # rays per pixel: 1 for speed, more where renders must not alias
 
-    def render(self, T_cw_ns, intrinsics, stride):
+    def render_outputs(self, T_cw_ns, intrinsics, stride):
         small = intrinsics.scaled(1 / stride, 1 / stride)
-        T_cw = self.to_world(T_cw_ns)
-        rgb, depth = render_view(self.scene, T_cw, small, supersample=self.supersample)
-        h, w = depth.shape
-        X_world = depth_map_to_world(depth, small.K(), T_cw).reshape(-1, 3)
-        points = torch.from_numpy(self.transform.points_to_nerfstudio(X_world)).reshape(h, w, 3)
-        image = torch.from_numpy(rgb)
-        opaque, sharp = torch.ones(h, w, 1, dtype=torch.float64), torch.zeros(h, w, 1, dtype=torch.float64)
-        return self.lift(points, {"rgb": image, "feature": image, "accumulation": opaque, "depth_spread": sharp})
+        points, images = [], []
+        for T in T_cw_ns:
+            T_cw = self.to_world(T)
+            rgb, depth = render_view(self.scene, T_cw, small, supersample=self.supersample)
+            X_world = depth_map_to_world(depth, small.K(), T_cw).reshape(-1, 3)
+            points.append(torch.from_numpy(self.transform.points_to_nerfstudio(X_world)).reshape(*depth.shape, 3))
+            images.append(torch.from_numpy(rgb))
+        images = torch.stack(images)
+        opaque, sharp = torch.ones_like(images[..., :1]), torch.zeros_like(images[..., :1])
+        return torch.stack(points), {"rgb": images, "feature": images, "accumulation": opaque, "depth_spread": sharp}
 
 
 def exact_scene(trained_tiny: Path, root: Path, **sizes):
@@ -157,11 +159,11 @@ def test_a_flagged_refinement_is_restarted_and_the_restart_judged_against_the_in
         refiner.config = replace(photometric.config, restart_distance=distance, compare_steps=0)
         first_runs = []
 
-        def solve(T, stages, *args, **kwargs):
+        def solve(starts, stages, *args, **kwargs):
             if len(stages) == len(refiner.config.render_strides):  # the whole schedule: the first run
-                first_runs.append(T)
-                return T, 0, False
-            return PoseRefiner.solve(refiner, T, stages, *args, **kwargs)
+                first_runs.extend(starts)
+                return [(T, 0, False) for T in starts]
+            return PoseRefiner.solve(refiner, starts, stages, *args, **kwargs)
 
         refiner.solve = solve
         results = refine_all(refiner, query_set, inits[:3])
@@ -188,10 +190,11 @@ def test_several_starts_run_the_coarse_levels_and_the_lowest_cost_goes_on(exact_
     coarse_runs, fine_runs = [], []
     n_coarse = len(refiner.config.render_strides) - 1  # photometric: no polish stage
 
-    def solve(T, stages, *args, **kwargs):
-        result = PoseRefiner.solve(refiner, T, stages, *args, **kwargs)
-        (coarse_runs if len(stages) == n_coarse else fine_runs).append((T, stages, result[0]))
-        return result
+    def solve(starts, stages, *args, **kwargs):
+        results = PoseRefiner.solve(refiner, starts, stages, *args, **kwargs)
+        runs = coarse_runs if len(stages) == n_coarse else fine_runs
+        runs.extend((T, stages, result[0]) for T, result in zip(starts, results))
+        return results
 
     refiner.solve = solve
     query = query_set.queries[0]
@@ -203,7 +206,7 @@ def test_several_starts_run_the_coarse_levels_and_the_lowest_cost_goes_on(exact_
     torch.testing.assert_close(torch.stack(offsets), torch.tensor(expected, dtype=first.dtype))
     K = torch.from_numpy(query.intrinsics.K()).double()
     hw = (query.intrinsics.height, query.intrinsics.width)
-    costs = [refiner.costs(T, stages[-1:], query.intrinsics, K, hw)[0][0] for _, stages, T in coarse_runs]
+    costs = [refiner.costs([T], stages[-1:], query.intrinsics, K, hw)[0][0][0] for _, stages, T in coarse_runs]
     assert len(set(costs)) == 5  # the candidates differ, so the choice means something
     torch.testing.assert_close(fine_runs[0][0], coarse_runs[int(np.argmin(costs))][2])
     t0, _ = pose_errors(inits[0], query.T_cw_gt)
@@ -370,14 +373,14 @@ def test_the_polish_stage_renders_at_its_stride_and_judges_at_the_judge_stride(r
     # no restarts: a flagged query would render the polish stage again
     fine = refiner_factory(RefineConfig(polish=PolishConfig(stride=1, judge_stride=2), restart_distance=0))
     strides, widths = [], []
-    render = fine.render
+    render = fine.render_outputs
 
-    def recording(T, intrinsics, stride):
-        strides.append(stride)
-        widths.append(intrinsics.width)
-        return render(T, intrinsics, stride)
+    def recording(poses, intrinsics, stride):
+        strides.extend([stride] * len(poses))
+        widths.extend([intrinsics.width] * len(poses))
+        return render(poses, intrinsics, stride)
 
-    fine.render = recording
+    fine.render_outputs = recording
     result = fine.refine(query.name, query.load_image(), query.intrinsics, [init])
     # the polish stage renders every second column (pixels two columns wide); the rest every column
     polish_widths = {w for w, stride in zip(widths, strides) if stride == 1}
@@ -409,7 +412,7 @@ def test_the_intensity_check_confirms_the_true_pose_and_not_a_wrong_one(exact_fu
         K = torch.from_numpy(query.intrinsics.K())
         hw = (query.intrinsics.height, query.intrinsics.width)
         wrong = query.T_cw_gt @ invert_pose(start) @ query.T_cw_gt  # the start's error, the other way
-        cost = {name: refiner.costs(refiner.to_nerfstudio(T), [check], query.intrinsics, K, hw)[0][0]
+        cost = {name: refiner.costs([refiner.to_nerfstudio(T)], [check], query.intrinsics, K, hw)[0][0][0]
                 for name, T in (("start", start), ("true", query.T_cw_gt), ("wrong", wrong))}
         confirmed.append(polish.confirms(cost["start"], cost["true"]))
         wrong_confirmed.append(polish.confirms(cost["start"], cost["wrong"]))
@@ -432,8 +435,8 @@ def test_settling_steps_bring_a_pose_near_the_truth_onto_it_and_never_raise_the_
         judges = refiner.judges(stages[-1], None)
         T0 = refiner.to_nerfstudio(start)
         T, costs = refiner.settle(T0, judges, intrinsics, K, hw)
-        assert costs == refiner.costs(T, judges, intrinsics, K, hw)
-        assert costs[0][0] <= refiner.costs(T0, judges, intrinsics, K, hw)[0][0]
+        assert costs == refiner.costs([T], judges, intrinsics, K, hw)[0]
+        assert costs[0][0] <= refiner.costs([T0], judges, intrinsics, K, hw)[0][0][0]
         before, after = pose_errors(start, query.T_cw_gt)[0], pose_errors(refiner.to_world(T), query.T_cw_gt)[0]
         assert after < 0.2 * before, (query.name, before, after)
     refiner.config = replace(refiner.config, compare_steps=0)
@@ -519,10 +522,10 @@ def test_bad_input_gives_a_clear_error_and_writes_nothing(trained_tiny, tiny_sce
 class BlindFeatures(ExactRenderer):
     """The exact renderer with features that say nothing (zero on both sides): only intensity aligns."""
 
-    def render(self, T_cw_ns, intrinsics, stride):
-        rendering = super().render(T_cw_ns, intrinsics, stride)
-        blind = torch.zeros(*rendering.feature_image.shape[:2], self.model.config.feature_dim, dtype=torch.float64)
-        return replace(rendering, features=blind[rendering.valid], feature_image=blind)
+    def render_outputs(self, T_cw_ns, intrinsics, stride):
+        points, outputs = super().render_outputs(T_cw_ns, intrinsics, stride)
+        blind = torch.zeros(*points.shape[:-1], self.model.config.feature_dim, dtype=torch.float64)
+        return points, {**outputs, "feature": blind}
 
     def encode_features(self, image):
         return [torch.zeros_like(level) for level in super().encode_features(image)]
