@@ -3,8 +3,8 @@
 Owns the methods ``ns-nifr-bench`` compares, run in one process on one model:
 
 - ``initial``: the initial poses as given;
-- ``nifr``: feature-metric LM refinement (the method), ``nifr 5 starts`` the same with its coarse
-  levels run from five starts (``RefineConfig.starts``), ``nifr render-compare`` its iNeRF-style
+- ``nifr``: feature-metric LM refinement (the method), ``nifr 1 start`` the same with its coarse
+  levels run from one start instead of five (``RefineConfig.starts``), ``nifr render-compare`` its iNeRF-style
   mode (gradients through the renderer);
 - ``photometric``: the same LM solver on RGB residuals (the iNeRF-style peer);
 - ``structure``: OpenCV SIFT of the query matched to the training views nearest the initial
@@ -35,15 +35,15 @@ from nifr_ns.refinement import PoseRefiner, RefineConfig, Retrieval
 from nifr_ns.structure import Reference, StructureConfig, localize, select_references
 
 Method = Literal[
-    "initial", "nifr", "nifr 5 starts", "nifr render-compare", "photometric", "structure", "structure+nifr",
+    "initial", "nifr", "nifr 1 start", "nifr render-compare", "photometric", "structure", "structure+nifr",
     "retrieval", "retrieval+nifr",
 ]  # fmt: skip
 ALL_METHODS: Tuple[Method, ...] = (
-    "initial", "nifr", "nifr 5 starts", "nifr render-compare", "photometric", "structure", "structure+nifr",
+    "initial", "nifr", "nifr 1 start", "nifr render-compare", "photometric", "structure", "structure+nifr",
     "retrieval", "retrieval+nifr",
 )  # fmt: skip
 USES_INITIAL_POSE = {
-    "initial", "nifr", "nifr 5 starts", "nifr render-compare", "photometric", "structure", "structure+nifr"
+    "initial", "nifr", "nifr 1 start", "nifr render-compare", "photometric", "structure", "structure+nifr"
 }  # fmt: skip
 """Methods whose result depends on the initial pose (the others only sweep as flat lines)."""
 
@@ -111,7 +111,7 @@ class Harness:
         return {
             "initial": lambda q, image, init: (init, False),
             "nifr": lambda q, image, init: self._refine("features", q, image, [init]),
-            "nifr 5 starts": self._refine_from_five_starts,
+            "nifr 1 start": self._refine_from_one_start,
             "nifr render-compare": lambda q, image, init: self._refine("render-compare", q, image, [init]),
             "photometric": lambda q, image, init: self._refine("photometric", q, image, [init]),
             "structure": self._structure,
@@ -126,11 +126,10 @@ class Harness:
         result = self.refiners[mode].refine(query.name, image, query.intrinsics, inits)
         return result.T_cw, not result.improved
 
-    def _refine_from_five_starts(self, query: Query, image: torch.Tensor, init: np.ndarray) -> Tuple[np.ndarray, bool]:
-        if "5 starts" not in self.refiners:  # built when asked for: it needs a positive restart_distance
-            config = replace(self.config.refine, starts=5)
-            self.refiners["5 starts"] = PoseRefiner(self.pipeline, self.transform, config)
-        return self._refine("5 starts", query, image, [init])
+    def _refine_from_one_start(self, query: Query, image: torch.Tensor, init: np.ndarray) -> Tuple[np.ndarray, bool]:
+        if "1 start" not in self.refiners:  # built when asked for
+            self.refiners["1 start"] = PoseRefiner(self.pipeline, self.transform, replace(self.config.refine, starts=1))
+        return self._refine("1 start", query, image, [init])
 
     def _structure(self, query: Query, image: torch.Tensor, init: np.ndarray) -> Tuple[np.ndarray, bool]:
         chosen = select_references(init, self.train_poses, self.config.structure_references)
