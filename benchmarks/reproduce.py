@@ -147,8 +147,8 @@ degrees from the ground truth.{trained(rgb)} A second model of the same scene al
 ```
 
 `ns-nifr-bench` runs every method in one process on the same queries and initial poses:
-the initial poses; **nifr** (feature-metric LM refinement, the default settings); **nifr 5 starts**
-(the same, its coarse levels run from five starts, `--refine.starts 5`); **photometric**
+the initial poses; **nifr** (feature-metric LM refinement, the default settings: its coarse levels
+run from five starts); **nifr 1 start** (the same from one start, `--refine.starts 1`); **photometric**
 (the same solver on RGB, the iNeRF-style peer); **structure** (OpenCV SIFT matched to the
 three training views nearest the initial pose, lifted with depth rendered from the same
 model, PnP-RANSAC) and **structure+nifr** (then the nifr LM polish); **retrieval** (the pose
