@@ -213,6 +213,18 @@ class RefineConfig:
     (``benchmarks/reproduce.py``, RGB model)."""
     search_step_deg: float = 2.0
     """Spacing of that grid (81 turns with the default range)."""
+    first_level: Optional[int] = None
+    """The solver runs from this encoder level on, coarse to fine (0: from the coarsest); the levels
+    before it only choose the turn (``search_deg``). None: 1 with several ``starts``, 0 with one. The
+    coarsest level (a 20x15 grid at 160x120) widens a single start's reach but has minima 10-20 cm off
+    the true pose, and with several starts, which already cover that reach, it took starts that the next
+    levels would have brought home. Interleaved in one process on 96 graded queries (initial errors
+    10-30 cm / 4-8 deg, nifr-small 6000 iterations, 2 CPU cores), 0 -> 1 with five starts: RGB model
+    within 5 cm / 5 deg 94.8 -> 97.9 %, within 2 cm / 2 deg 89.6 -> 92.7 %, within 1 cm / 1 deg 63.5 ->
+    66.7 %, median 0.81 -> 0.83 cm, 0.194 -> 0.189 deg, worse unflagged 1 -> 0, 2.01 -> 1.91 s per query;
+    RGB-D model 95.8 -> 96.9 %, 92.7 -> 92.7 %, 70.8 -> 67.7 %, 0.65 -> 0.69 cm, 0.133 -> 0.142 deg,
+    1 -> 0, 1.98 -> 1.92 s. With one start (RGB model) it lost: 91.7 -> 88.5 %, 84.4 -> 79.2 %,
+    61.5 -> 53.1 %, 0.82 -> 0.91 cm, worse unflagged 2 -> 3, 1.59 -> 1.53 s."""
     polish: PolishConfig = field(default_factory=PolishConfig)
     """features mode: the last stage, features with normalised intensity."""
     restart_distance: float = 0.04
@@ -229,9 +241,9 @@ class RefineConfig:
     judge (stride 2): the same 90.6 % (78.1 instead of 77.1 % within 2 cm / 2 deg), a restarted query
     2.4 instead of 2.6 times as long as the others."""
     starts: int = 5
-    """The coarse levels run from this many starts, the first the initial pose after the turn search
-    (``search_deg``), the others it moved ``restart_distance`` along and against the camera's x, then
-    y axis (at most 5; one when ``restart_distance`` is 0); the one whose cost on the last coarse
+    """The coarse levels (from ``first_level``) run from this many starts, the first the initial pose
+    after the turn search (``search_deg``), the others it moved ``restart_distance`` along and against
+    the camera's x, then y axis (at most 5; one when ``restart_distance`` is 0); the one whose cost on the last coarse
     level, rendered at its pose, is lowest goes on to the finest level and the polish stage
     (:meth:`PoseRefiner.best_of`). The starts go through the coarse levels together (one render pass
     and one batched solve per step), and those render small grids, whose time is mostly per pass: five
@@ -240,8 +252,10 @@ class RefineConfig:
     process on 96 graded queries (nifr-small 6000 iterations, RGB, 2 CPU cores), 1 -> 5: within
     5 cm / 5 deg 91.7 -> 95.8 %, within 2 cm / 2 deg 83.3 -> 84.4 %, within 1 cm / 1 deg 53.1 -> 56.2 %,
     median 0.87 -> 0.88 cm, 0.187 -> 0.199 deg, worse unflagged 2 -> 0, 1.54 -> 1.99 s per query (before
-    the starts were batched: 1.94 -> 2.81 s, a slow hour). Choosing the best start after the first
-    level instead of the last coarse one: 93.8 %, 1.66 s."""
+    the starts were batched: 1.94 -> 2.81 s, a slow hour; all with ``first_level`` 0). Choosing the best
+    start after the first level instead of the last coarse one: 93.8 %, 1.66 s. Judging the starts by
+    the polish stage's cost, each rendered at stride 2 (96 graded queries, ``first_level`` 0): 94.8 ->
+    95.8 %, 1.97 -> 2.43 s; by that cost at stride 4 on the same render as now: 94.8 %."""
     compare_steps: int = 3
     """Last (features and photometric modes), Gauss-Newton steps on the cost the poses are judged by,
     re-rendered at every step, whose Jacobian is the rendering's own image gradient
@@ -376,6 +390,11 @@ class PoseRefiner:
                 f"render_strides has {len(config.render_strides)} entries, the encoder "
                 f"{len(self.model.encoder.config.strides)} levels"
             )
+        if not 0 <= self.first_level < len(config.render_strides):
+            raise ValueError(
+                f"first_level must name one of the encoder's {len(config.render_strides)} levels (0 to "
+                f"{len(config.render_strides) - 1}); got {config.first_level}"
+            )
 
     # frames -------------------------------------------------------------------------------
     def to_nerfstudio(self, T_cw_world: np.ndarray) -> Tensor:
@@ -487,7 +506,9 @@ class PoseRefiner:
                 for level, stride in zip(levels, self.config.render_strides)
             ]
         stages = self.stages(levels, polish)
-        results = [self.refine_one(name, stages, self.judges(stages[-1], judge), intrinsics, T) for T in inits]
+        search, stages = stages[0], stages[self.first_level :]
+        judges = self.judges(stages[-1], judge)
+        results = [self.refine_one(name, search, stages, judges, intrinsics, T) for T in inits]
         best = min(results, key=lambda r: r.final_cost)
         best.seconds = time.perf_counter() - start
         return best
@@ -501,31 +522,38 @@ class PoseRefiner:
         return [last] + ([self.intensity_check(last)] if self.verifies else [])
 
     def refine_one(
-        self, name: str, stages: List[Stage], judges: List[Stage], intrinsics: Intrinsics, T_cw_init: np.ndarray
+        self,
+        name: str,
+        search: Stage,
+        stages: List[Stage],
+        judges: List[Stage],
+        intrinsics: Intrinsics,
+        T_cw_init: np.ndarray,
     ) -> QueryResult:
-        """One initial pose through ``stages`` (:meth:`stages`), then the initial and refined poses
-        compared by ``judges`` (:meth:`judges`); with ``starts`` > 1 the coarse levels run from several
-        starts (:meth:`best_of`). A flagged refinement is tried again from restarts around the initial
-        pose (:meth:`moved`, :meth:`best_of`), judged against the initial pose as before."""
+        """One initial pose, turned by the search on ``search`` (:meth:`search_start`), through ``stages``
+        (:meth:`stages`), then the initial and refined poses compared by ``judges`` (:meth:`judges`); with
+        ``starts`` > 1 the coarse levels run from several starts (:meth:`best_of`). A flagged refinement
+        is tried again from restarts around the initial pose (:meth:`moved`, :meth:`best_of`), judged
+        against the initial pose as before."""
         K = torch.from_numpy(intrinsics.K()).to(self.device, torch.float64)
         hw = (intrinsics.height, intrinsics.width)
         T_init = self.to_nerfstudio(T_cw_init).to(self.device)
         if self.config.mode == "render-compare":  # a fixed number of steps
             T = self.render_and_compare(stages[-1].fmap, intrinsics, T_init)  # the finest level: no polish
             iterations, converged = self.config.render_compare_steps, True
-        elif self.config.starts > 1 and self.config.restart_distance > 0:  # the distance spaces the starts
-            T = self.search_start(T_init, stages[0], intrinsics, K, hw)
+        elif self.several_starts:
+            T = self.search_start(T_init, search, intrinsics, K, hw)
             starts = [T] + self.moved(T)[: self.config.starts - 1]
-            T, iterations, converged = self.best_of(starts, stages, judges[0], intrinsics, K, hw, search=False)
+            T, iterations, converged = self.best_of(starts, stages, judges[0], intrinsics, K, hw)
         else:
-            T, iterations, converged = self.solve([T_init], stages, intrinsics, K, hw)[0]
+            T, iterations, converged = self.solve([T_init], stages, intrinsics, K, hw, search)[0]
         T, final = self.settle(T, judges, intrinsics, K, hw)
         initial = self.costs([T_init], judges, intrinsics, K, hw)[0]
         flag = self.verdict(T_init, T, initial, final)
         restarted = bool(flag) and self.restarts
         if restarted:
             restarts = self.moved(T_init)
-            T_restart, more, restart_converged = self.best_of(restarts, stages, judges[0], intrinsics, K, hw)
+            T_restart, more, restart_converged = self.best_of(restarts, stages, judges[0], intrinsics, K, hw, search)
             T_restart, final_restart = self.settle(T_restart, judges, intrinsics, K, hw)
             iterations += more
             if not self.verdict(T_init, T_restart, initial, final_restart):
@@ -553,13 +581,13 @@ class PoseRefiner:
         intrinsics: Intrinsics,
         K: Tensor,
         hw: Tuple[int, int],
-        search: bool = True,
+        search: Optional[Stage] = None,
     ) -> List[Tuple[Tensor, int, bool]]:
-        """LM through ``stages`` from each pose of ``starts`` (after the turn search on the first, if
-        ``search``), re-rendering ``stage.renders`` times per stage; the starts go together, one render
-        pass and one batched solve (:func:`lm_refine_batch`) per step. Per start: the pose, iterations
-        and whether its last run converged."""
-        poses = [self.search_start(T, stages[0], intrinsics, K, hw) if search and stages else T for T in starts]
+        """LM through ``stages`` from each pose of ``starts`` (after the turn search on ``search``, if
+        given), re-rendering ``stage.renders`` times per stage; the starts go together, one render pass
+        and one batched solve (:func:`lm_refine_batch`) per step. Per start: the pose, iterations and
+        whether its last run converged."""
+        poses = [self.search_start(T, search, intrinsics, K, hw) if search is not None else T for T in starts]
         iterations, converged = [0] * len(poses), [True] * len(poses)
         for stage in stages:
             going = list(range(len(poses)))  # a start that sees too little skips the stage's other renders
@@ -591,6 +619,16 @@ class PoseRefiner:
         return ""
 
     @property
+    def several_starts(self) -> bool:
+        return self.config.starts > 1 and self.config.restart_distance > 0  # the distance spaces the starts
+
+    @property
+    def first_level(self) -> int:
+        """:attr:`RefineConfig.first_level`, its default resolved."""
+        level = self.config.first_level
+        return level if level is not None else int(self.several_starts)
+
+    @property
     def restarts(self) -> bool:
         return self.config.restart_distance > 0 and self.config.mode != "render-compare"
 
@@ -612,19 +650,19 @@ class PoseRefiner:
         intrinsics: Intrinsics,
         K: Tensor,
         hw: Tuple[int, int],
-        search: bool = True,
+        search: Optional[Stage] = None,
     ) -> Tuple[Tensor, int, bool]:
         """The pose reached from the best of ``starts``: each goes through the coarse levels (after the
-        turn search if ``search``); the one whose cost on the last of them, rendered at its pose, is
+        turn search on ``search``, if given); the one whose cost on the last of them, rendered at its pose, is
         lowest then through the finest level and the polish stage, which render at the finest strides
         and cost the most (``judge``: the measure when there is no coarse level). Returns the pose, the
         LM iterations of all runs and whether the last converged."""
         n_fine = 2 if self.polishes else 1  # the finest level and the polish stage, or the finest level
         coarse, fine = stages[:-n_fine], stages[-n_fine:]
-        reached = self.solve(starts, coarse, intrinsics, K, hw, search=search)
+        reached = self.solve(starts, coarse, intrinsics, K, hw, search)
         costs = self.costs([T for T, _, _ in reached], coarse[-1:] or [judge], intrinsics, K, hw)
         best = min(range(len(reached)), key=lambda b: costs[b][0][0])
-        T, more, converged = self.solve([reached[best][0]], fine, intrinsics, K, hw, search=search and not coarse)[0]
+        T, more, converged = self.solve([reached[best][0]], fine, intrinsics, K, hw, None if coarse else search)[0]
         return T, sum(iterations for _, iterations, _ in reached) + more, converged
 
     def search_start(

@@ -161,7 +161,7 @@ def test_a_flagged_refinement_is_restarted_and_the_restart_judged_against_the_in
         first_runs = []
 
         def solve(starts, stages, *args, **kwargs):
-            if len(stages) == len(refiner.config.render_strides):  # the whole schedule: the first run
+            if len(stages) == len(refiner.config.render_strides) - refiner.first_level:  # the first run
                 first_runs.extend(starts)
                 return [(T, 0, False) for T in starts]
             return PoseRefiner.solve(refiner, starts, stages, *args, **kwargs)
@@ -189,18 +189,27 @@ def test_several_starts_run_the_coarse_levels_and_the_lowest_cost_goes_on(exact_
     refiner = copy.copy(photometric)
     refiner.config = replace(photometric.config, starts=5)
     coarse_runs, fine_runs = [], []
-    n_coarse = len(refiner.config.render_strides) - 1  # photometric: no polish stage
 
     def solve(starts, stages, *args, **kwargs):
         results = PoseRefiner.solve(refiner, starts, stages, *args, **kwargs)
-        runs = coarse_runs if len(stages) == n_coarse else fine_runs
+        runs = coarse_runs if len(starts) == 5 else fine_runs  # the coarse levels run all starts at once
         runs.extend((T, stages, result[0]) for T, result in zip(starts, results))
         return results
 
-    refiner.solve = solve
+    searched = []
+
+    def search_start(T, stage, *args):
+        searched.append(stage.stride)
+        return PoseRefiner.search_start(refiner, T, stage, *args)
+
+    refiner.solve, refiner.search_start = solve, search_start
     query = query_set.queries[0]
     result = refiner.refine(query.name, query.load_image(), query.intrinsics, [inits[0]])
     assert len(coarse_runs) == 5 and len(fine_runs) == 1
+    # the coarsest level only chooses the turn; with several starts the solver runs from the next
+    strides = refiner.config.render_strides
+    assert searched == [strides[0]] and refiner.first_level == 1
+    assert [stage.stride for stage in coarse_runs[0][1]] == list(strides[1:-1])
     first = coarse_runs[0][0]
     offsets = [(T @ torch.linalg.inv(first))[:3, 3] for T, _, _ in coarse_runs]
     expected = [(0, 0, 0), (-0.04, 0, 0), (0.04, 0, 0), (0, -0.04, 0), (0, 0.04, 0)]
@@ -482,6 +491,7 @@ def copy_queries(tiny_scene, tmp_path: Path) -> Path:
         ("wrong image size", "intrinsics say"),
         ("not a nifr config", "not a nifr model"),
         ("refinement settings that do not fit the model", "render_strides has 2 entries"),
+        ("a first level the model does not have", "first_level must name one of the encoder's 3 levels"),
     ],
 )
 def test_bad_input_gives_a_clear_error_and_writes_nothing(trained_tiny, tiny_scene, tmp_path, capsys, case, expected) -> None:
@@ -514,6 +524,8 @@ def test_bad_input_gives_a_clear_error_and_writes_nothing(trained_tiny, tiny_sce
         config.write_text(yaml.dump(method_configs["nerfacto"]))
     elif case == "refinement settings that do not fit the model":
         kwargs["refine"] = RefineConfig(render_strides=(8, 4))
+    elif case == "a first level the model does not have":
+        kwargs["refine"] = RefineConfig(first_level=3)
     out = tmp_path / "out"
     assert main(RefineCommand(load_config=config, output=out, **kwargs)) == 2
     assert expected in capsys.readouterr().out
