@@ -583,11 +583,13 @@ class PoseRefiner:
         hw: Tuple[int, int],
         search: Optional[Stage] = None,
     ) -> List[Tuple[Tensor, int, bool]]:
-        """LM through ``stages`` from each pose of ``starts`` (after the turn search on ``search``, if
-        given), re-rendering ``stage.renders`` times per stage; the starts go together, one render pass
-        and one batched solve (:func:`lm_refine_batch`) per step. Per start: the pose, iterations and
-        whether its last run converged."""
-        poses = [self.search_start(T, search, intrinsics, K, hw) if search is not None else T for T in starts]
+        """LM through ``stages`` from each pose of ``starts`` (after the turn search on ``search``, if given
+        and there are stages: :meth:`best_of` without coarse levels searches before its finest only),
+        re-rendering ``stage.renders`` times per stage; the starts go together, one render pass and one
+        batched solve (:func:`lm_refine_batch`) per step. Per start: the pose, iterations and whether its
+        last run converged."""
+        searches = search is not None and bool(stages)
+        poses = [self.search_start(T, search, intrinsics, K, hw) if searches else T for T in starts]
         iterations, converged = [0] * len(poses), [True] * len(poses)
         for stage in stages:
             going = list(range(len(poses)))  # a start that sees too little skips the stage's other renders
