@@ -157,7 +157,9 @@ Add `--methods ... "nifr render-compare"` for the gradient-through-the-renderer 
 Failures: flagged refinements (cost not lower, a move beyond the trust region, or a move the
 normalised intensity alone does not confirm: the initial pose is kept) and PnP without enough
 inliers. Times exclude map preparation (reference depth, retrieval index),
-reported below the tables.
+reported below the tables. Below them too, the machine's speed during the run: one render at the
+judge's stride, before and after the methods. Compare times across runs by it: a shared machine's
+speed varies from hour to hour (this one's 80x60 render took 100 to 170 ms on different days).
 
 ## Convergence basin
 

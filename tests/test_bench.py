@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from nifr_ns.benchmark import Harness, HarnessConfig, PeakMemory
+from nifr_ns.queries import load_query_set
+from nifr_ns.refinement import RefineConfig
 from nifr_ns.scripts.bench import DEFAULT_METHODS, BenchCommand, main, query_grades
 
 
@@ -36,8 +38,14 @@ def test_bench_runs_every_method_with_a_sweep_and_writes_tables(trained_tiny: Pa
     assert sweep["curves"]["initial"] == [1.0, 0.0]
     # the tiny scene's queries all have the default grade
     assert list(doc["grades"]) == ["strong"] and doc["grades"]["strong"]["nifr"]["count"] == 2
+    # the machine's speed, before and after the methods: a render at the judge's stride
+    stride = RefineConfig().polish.judging_stride
+    camera = load_query_set(q / "init.json").queries[0].intrinsics
+    assert doc["render_grid"] == f"{round(camera.width / stride)}x{round(camera.height / stride)}"
+    assert len(doc["render_ms"]) == 2 and all(ms > 0 for ms in doc["render_ms"])
     text = (out / "results.md").read_text()
     assert "| structure+nifr |" in text and "Convergence basin" in text and "grade: strong" in text
+    assert f"Machine speed: one {doc['render_grid']} render took" in text
     for png in ("errors.png", "basin.png"):
         assert (out / png).stat().st_size > 0
 
