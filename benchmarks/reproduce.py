@@ -159,7 +159,7 @@ normalised intensity alone does not confirm: the initial pose is kept) and PnP w
 inliers. Times exclude map preparation (reference depth, retrieval index),
 reported below the tables. Below them too, the machine's speed during the run: one render at the
 judge's stride, before and after the methods. Compare times across runs by it: a shared machine's
-speed varies from hour to hour (this one's 80x60 render took 100 to 170 ms on different days).
+speed varies from hour to hour (this one's 80x60 render took 99 to 168 ms within one session).
 
 ## Convergence basin
 
