@@ -583,13 +583,11 @@ class PoseRefiner:
         hw: Tuple[int, int],
         search: Optional[Stage] = None,
     ) -> List[Tuple[Tensor, int, bool]]:
-        """LM through ``stages`` from each pose of ``starts`` (after the turn search on ``search``, if given
-        and there are stages: :meth:`best_of` without coarse levels searches before its finest only),
-        re-rendering ``stage.renders`` times per stage; the starts go together, one render pass and one
-        batched solve (:func:`lm_refine_batch`) per step. Per start: the pose, iterations and whether its
-        last run converged."""
-        searches = search is not None and bool(stages)
-        poses = [self.search_start(T, search, intrinsics, K, hw) if searches else T for T in starts]
+        """LM through ``stages`` from each pose of ``starts`` (after the turn search on ``search``, if
+        given), re-rendering ``stage.renders`` times per stage; the starts go together, one render pass
+        and one batched solve (:func:`lm_refine_batch`) per step. Per start: the pose, iterations and
+        whether its last run converged."""
+        poses = [self.search_start(T, search, intrinsics, K, hw) if search is not None else T for T in starts]
         iterations, converged = [0] * len(poses), [True] * len(poses)
         for stage in stages:
             going = list(range(len(poses)))  # a start that sees too little skips the stage's other renders
@@ -661,10 +659,12 @@ class PoseRefiner:
         LM iterations of all runs and whether the last converged."""
         n_fine = 2 if self.polishes else 1  # the finest level and the polish stage, or the finest level
         coarse, fine = stages[:-n_fine], stages[-n_fine:]
-        reached = self.solve(starts, coarse, intrinsics, K, hw, search)
+        # the turn search goes before the first level solved: the coarse ones, else the finest
+        search_coarse, search_fine = (search, None) if coarse else (None, search)
+        reached = self.solve(starts, coarse, intrinsics, K, hw, search_coarse)
         costs = self.costs([T for T, _, _ in reached], coarse[-1:] or [judge], intrinsics, K, hw)
         best = min(range(len(reached)), key=lambda b: costs[b][0][0])
-        T, more, converged = self.solve([reached[best][0]], fine, intrinsics, K, hw, None if coarse else search)[0]
+        T, more, converged = self.solve([reached[best][0]], fine, intrinsics, K, hw, search_fine)[0]
         return T, sum(iterations for _, iterations, _ in reached) + more, converged
 
     def search_start(

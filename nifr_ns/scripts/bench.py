@@ -81,7 +81,7 @@ def main(command: BenchCommand) -> Dict:
     gt = np.stack([q.T_cw_gt for q in queries])
     inits = [q.T_cw_file for q in queries]
     quality = feature_quality(harness, queries, pipeline)
-    speed, grid = render_milliseconds(harness, queries[0])
+    before, grid = render_milliseconds(harness, queries[0])
 
     runs = {}
     with _progress() as progress:
@@ -89,7 +89,7 @@ def main(command: BenchCommand) -> Dict:
             task = progress.add_task(method, total=len(queries))
             runs[method] = run_method(harness, method, queries, inits, lambda: progress.advance(task))
     initial_trans = pose_errors(np.stack(inits), gt)[0]
-    render_ms = [speed, render_milliseconds(harness, queries[0])[0]]
+    render_ms = [before, render_milliseconds(harness, queries[0])[0]]
     rows = {m: run.row(gt, command.thresholds, initial_trans) for m, run in runs.items()}
 
     grades = query_grades(command.scene_json or find_scene_json(command.queries), [q.name for q in queries])
