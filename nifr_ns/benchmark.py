@@ -56,6 +56,12 @@ class Outcome:
     failed: bool
     """Refinement flagged (initial pose kept, see QueryResult.flag), PnP without a pose."""
     seconds: float
+    T_cw_reached: Optional[np.ndarray] = None
+    """The pose the method reached before it gave up, if any (a flagged refinement's); else T_cw."""
+
+
+Solution = Tuple[np.ndarray, bool, Optional[np.ndarray]]
+"""What a method returns: its pose, whether it gave up, and the pose it reached (None: none)."""
 
 
 @dataclass
@@ -103,45 +109,46 @@ class Harness:
         self.pipeline.eval()  # as in PoseRefiner.refine: the reference depths too must render without jitter
         start = time.perf_counter()
         map_before = sum(self.map_seconds.values())
-        T_cw, failed = self._methods[method](query, image, init)
+        T_cw, failed, reached = self._methods[method](query, image, init)
         seconds = time.perf_counter() - start - (sum(self.map_seconds.values()) - map_before)
-        return Outcome(T_cw, failed, seconds)
+        return Outcome(T_cw, failed, seconds, reached)
 
-    def _method_table(self) -> Dict[str, Callable[[Query, torch.Tensor, np.ndarray], Tuple[np.ndarray, bool]]]:
+    def _method_table(self) -> Dict[str, Callable[[Query, torch.Tensor, np.ndarray], Solution]]:
         return {
-            "initial": lambda q, image, init: (init, False),
+            "initial": lambda q, image, init: (init, False, init),
             "nifr": lambda q, image, init: self._refine("features", q, image, [init]),
             "nifr 1 start": self._refine_from_one_start,
             "nifr render-compare": lambda q, image, init: self._refine("render-compare", q, image, [init]),
             "photometric": lambda q, image, init: self._refine("photometric", q, image, [init]),
             "structure": self._structure,
             "structure+nifr": self._structure_then_nifr,
-            "retrieval": lambda q, image, init: (self._retrieve(image, 1)[0], False),
+            "retrieval": lambda q, image, init: (self._retrieve(image, q.intrinsics, 1)[0], False, None),
             "retrieval+nifr": lambda q, image, init: self._refine(
-                "features", q, image, self._retrieve(image, self.config.retrieval_candidates)
+                "features", q, image, self._retrieve(image, q.intrinsics, self.config.retrieval_candidates)
             ),
         }
 
-    def _refine(self, mode: str, query: Query, image: torch.Tensor, inits: List[np.ndarray]) -> Tuple[np.ndarray, bool]:
+    def _refine(self, mode: str, query: Query, image: torch.Tensor, inits: List[np.ndarray]) -> Solution:
         result = self.refiners[mode].refine(query.name, image, query.intrinsics, inits)
-        return result.T_cw, not result.improved
+        return result.T_cw, not result.improved, result.T_cw_refined
 
-    def _refine_from_one_start(self, query: Query, image: torch.Tensor, init: np.ndarray) -> Tuple[np.ndarray, bool]:
+    def _refine_from_one_start(self, query: Query, image: torch.Tensor, init: np.ndarray) -> Solution:
         if "1 start" not in self.refiners:  # built when asked for
             self.refiners["1 start"] = PoseRefiner(self.pipeline, self.transform, replace(self.config.refine, starts=1))
         return self._refine("1 start", query, image, [init])
 
-    def _structure(self, query: Query, image: torch.Tensor, init: np.ndarray) -> Tuple[np.ndarray, bool]:
+    def _structure(self, query: Query, image: torch.Tensor, init: np.ndarray) -> Solution:
         chosen = select_references(init, self.train_poses, self.config.structure_references)
         references = [self._reference(i) for i in chosen]
         result = localize(image.numpy(), query.intrinsics, references, self.config.structure, fallback_T_cw=init)
-        return result.T_cw, not result.success
+        return result.T_cw, not result.success, result.T_cw if result.success else None
 
-    def _structure_then_nifr(self, query: Query, image: torch.Tensor, init: np.ndarray) -> Tuple[np.ndarray, bool]:
-        T_cw, failed = self._structure(query, image, init)
+    def _structure_then_nifr(self, query: Query, image: torch.Tensor, init: np.ndarray) -> Solution:
+        T_cw, failed, _ = self._structure(query, image, init)
         if failed:
-            return T_cw, True
-        return self._refine("features", query, image, [T_cw])[0], False
+            return T_cw, True, None
+        T_refined = self._refine("features", query, image, [T_cw])[0]
+        return T_refined, False, T_refined
 
     def _reference(self, index: int) -> Reference:
         """Training view ``index`` with its z-depth rendered from the model (cached, map time)."""
@@ -156,13 +163,13 @@ class Harness:
             self.map_seconds["reference depth"] += time.perf_counter() - start
         return self._references[index]
 
-    def _retrieve(self, image: torch.Tensor, k: int) -> List[np.ndarray]:
+    def _retrieve(self, image: torch.Tensor, query_intrinsics: Intrinsics, k: int) -> List[np.ndarray]:
         refiner = self.refiners["features"]
         if self._retrieval is None:
             start = time.perf_counter()
             self._retrieval = Retrieval(refiner, self.train)
             self.map_seconds["retrieval index"] += time.perf_counter() - start
-        return self._retrieval.nearest(refiner.encode_features(image)[0], k)
+        return self._retrieval.nearest(refiner.encode_features(refiner.working(image, query_intrinsics)[0])[0], k)
 
 
 class PeakMemory:
@@ -199,6 +206,10 @@ class PeakMemory:
             self._thread.join()
 
 
+CORRECT: Tuple[float, float] = (0.05, 5.0)
+"""A refined pose within this (translation, degrees) of the truth counts as correct (correct_flagged)."""
+
+
 @dataclass
 class MethodRun:
     """One method over a query set."""
@@ -209,19 +220,48 @@ class MethodRun:
     def errors(self, gt: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         return pose_errors(np.stack([o.T_cw for o in self.outcomes]), gt)
 
-    def row(self, gt: np.ndarray, thresholds: Sequence[Tuple[float, float]], initial_trans: np.ndarray) -> Dict[str, float]:
-        """The table row: pose metrics, failures, queries made worse without a failure flag, time, memory."""
+    def records(self, names: Sequence[str], gt: np.ndarray, inits: Sequence[np.ndarray]) -> List[Dict]:
+        """One record per query: its errors, the initial pose's, whether the method gave up, the errors
+        of the pose it reached (None if none) and its time; what :func:`summarize` reads."""
         trans, rot = self.errors(gt)
-        times = [o.seconds for o in self.outcomes]
-        failed = np.array([o.failed for o in self.outcomes])
-        return {
-            **pose_metrics(trans, rot, thresholds),
-            "failures": float(failed.sum()),
-            "worse_unflagged": float(np.sum((trans > initial_trans + 1e-9) & ~failed)),
-            "time_mean_s": float(np.mean(times)),
-            "time_median_s": float(np.median(times)),
-            "peak_mem_mb": self.peak_mb,
-        }
+        initial_trans, initial_rot = pose_errors(np.stack(inits), gt)
+        out = []
+        for i, (name, outcome) in enumerate(zip(names, self.outcomes)):
+            reached = (None, None)
+            if outcome.T_cw_reached is not None:
+                reached = tuple(float(e[0]) for e in pose_errors(outcome.T_cw_reached[None], gt[i : i + 1]))
+            out.append({
+                "name": name, "trans_err": float(trans[i]), "rot_err": float(rot[i]),
+                "initial_trans_err": float(initial_trans[i]), "initial_rot_err": float(initial_rot[i]),
+                "failed": bool(outcome.failed), "reached_trans_err": reached[0], "reached_rot_err": reached[1],
+                "seconds": outcome.seconds,
+            })  # fmt: skip
+        return out
+
+    def row(self, names, gt, inits, thresholds, correct: Tuple[float, float] = CORRECT) -> Dict[str, float]:
+        """The table row of :func:`summarize`, with the run's peak memory."""
+        return {**summarize(self.records(names, gt, inits), thresholds, correct), "peak_mem_mb": self.peak_mb}
+
+
+def summarize(
+    records: Sequence[Dict], thresholds: Sequence[Tuple[float, float]], correct: Tuple[float, float] = CORRECT
+) -> Dict[str, float]:
+    """A table row from per-query records (:meth:`MethodRun.records`, of one run or pooled): pose
+    metrics; failures; queries made worse without a failure flag; flagged queries whose reached pose
+    was correct all the same (``correct``); mean and median time."""
+    column = lambda key: np.array([np.nan if r[key] is None else r[key] for r in records], dtype=float)  # noqa: E731
+    trans, failed = column("trans_err"), column("failed").astype(bool)
+    with np.errstate(invalid="ignore"):  # NaN: no pose reached
+        right = (column("reached_trans_err") <= correct[0]) & (column("reached_rot_err") <= correct[1])
+    times = column("seconds")
+    return {
+        **pose_metrics(trans, column("rot_err"), thresholds),
+        "failures": float(failed.sum()),
+        "worse_unflagged": float(np.sum((trans > column("initial_trans_err") + 1e-9) & ~failed)),
+        "correct_flagged": float(np.sum(failed & right)),
+        "time_mean_s": float(np.mean(times)),
+        "time_median_s": float(np.median(times)),
+    }
 
 
 def run_method(

@@ -284,6 +284,12 @@ class RefineConfig:
     """render-compare: rays rendered per step."""
     render_compare_lr: float = 2e-3
     """render-compare: Adam learning rate on the pose increment (radians / normalised units)."""
+    max_image_size: Optional[int] = None
+    """Longest side, in pixels, at which a query is refined: a larger query is downsampled first (its
+    intrinsics scaled with it; poses are unaffected). None: the size at which a query pixel spans
+    the angle of a training view's pixel, never larger than the query (the map holds no finer
+    detail, and time grows with the pixels); 0: always the query's own size. Raise it only for a
+    model trained on sharper images than it renders now."""
 
 
 @dataclass
@@ -301,6 +307,8 @@ class QueryResult:
     improved: bool
     """False when flagged (see ``flag``): T_cw is then the initial pose (not made worse)."""
     seconds: float
+    T_cw_refined: Optional[np.ndarray] = None
+    """The pose the refinement reached, kept (T_cw) or not (flagged)."""
     flag: str = ""
     """Why the refined pose was not kept: "cost not lower", "outside the trust region" or
     "intensity not confirmed" (the polish stage's check); empty when improved."""
@@ -383,6 +391,11 @@ class PoseRefiner:
                 f"must be at least 1; got {config.render_strides}, {polish.stride}, {polish.point_step}, "
                 f"{polish.column_step} and {polish.judge_stride}"
             )
+        if config.max_image_size is not None and config.max_image_size < 0:
+            raise ValueError(f"max_image_size must be positive, or 0 for the query's own size; got {config.max_image_size}")
+        cameras = getattr(getattr(pipeline.datamanager, "train_dataset", None), "cameras", None)
+        self.map_focal = float(cameras.fx.median()) if cameras is not None else None
+        """The training views' focal length in their pixels: the angle one pixel of the map spans."""
         learned_from_rgb = self.model.config.depth_loss_mult == 0.0
         self.max_depth_spread = spread if spread is not None else (0.1 if learned_from_rgb else float("inf"))
         if len(config.render_strides) != len(self.model.encoder.config.strides):
@@ -481,6 +494,21 @@ class PoseRefiner:
         chw = image.permute(2, 0, 1)[None].to(self.device)
         return [F.avg_pool2d(chw, s, ceil_mode=True)[0] if s > 1 else chw[0] for s in self.model.encoder.config.strides]
 
+    def working(self, image: Float[Tensor, "H W 3"], intrinsics: Intrinsics) -> Tuple[Tensor, Intrinsics]:
+        """The query as refined: downsampled (antialiased) to :attr:`RefineConfig.max_image_size`, with
+        its intrinsics; the query itself where it is no larger."""
+        height, width = image.shape[:2]
+        limit = self.config.max_image_size
+        if limit is None:
+            scale = 1.0 if self.map_focal is None else self.map_focal / min(intrinsics.fx, intrinsics.fy)
+        else:
+            scale = limit / max(width, height) if limit > 0 else 1.0
+        if scale >= 1.0:
+            return image, intrinsics
+        size = (max(8, round(height * scale)), max(8, round(width * scale)))
+        resized = F.interpolate(image.permute(2, 0, 1)[None], size=size, mode="bilinear", antialias=True)
+        return resized[0].permute(1, 2, 0).clamp(0, 1), intrinsics.scaled(size[1] / width, size[0] / height)
+
     # refinement ---------------------------------------------------------------------------
     def refine(
         self, name: str, image: Float[Tensor, "H W 3"], intrinsics: Intrinsics, inits: List[np.ndarray]
@@ -492,6 +520,7 @@ class PoseRefiner:
         # augments its input and the samplers jitter: refinement must never run like that
         self.model.eval()
         start = time.perf_counter()
+        image, intrinsics = self.working(image, intrinsics)
         levels = self.encode(image)
         polish = judge = None
         if self.polishes:
@@ -563,6 +592,7 @@ class PoseRefiner:
             name=name,
             T_cw_init=T_cw_init,
             T_cw=self.to_world(T) if improved else T_cw_init,
+            T_cw_refined=self.to_world(T),
             initial_cost=initial[0][0],
             final_cost=final[0][0] if improved else initial[0][0],
             inlier_ratio=final[0][1],

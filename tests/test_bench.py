@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nifr_ns.benchmark import Harness, HarnessConfig, PeakMemory
 from nifr_ns.queries import load_query_set
@@ -95,3 +96,30 @@ def test_peak_memory_sees_an_allocation() -> None:
         block += 1
         time.sleep(0.05)
     assert during.peak_mb > resident_before + 30
+
+
+def test_the_suite_bench_trains_missing_models_and_pools_tables_per_scene_and_grade(tmp_path: Path) -> None:
+    from nifr_ns.synth import SUITE_GRADES, SynthConfig, generate_suite
+
+    suite, models, out = tmp_path / "suite", tmp_path / "models", tmp_path / "bench"
+    generate_suite(suite, SynthConfig(preset="tiny", n_train=8, supersample=1), scenes=("room", "facade"))
+    methods = ("initial", "nifr", "structure")
+    doc = main(BenchCommand(output=out, suite=suite, models=models, iterations=40, methods=methods))
+    assert list(doc["scenes"]) == ["room", "facade"] and doc["grades_order"] == list(SUITE_GRADES)
+    for scene, scene_doc in doc["scenes"].items():
+        assert scene_doc["train_minutes"] > 0 and Path(scene_doc["model"]).is_relative_to(models / scene)
+        assert json.loads((out / scene / "results.json").read_text())["scene"] == scene
+    for method in methods:
+        pooled = doc["methods"][method]
+        assert pooled["count"] == 8 and all(doc["grades"][g][method]["count"] == 2 for g in SUITE_GRADES)
+        # pooled figures are the scenes' queries together, not an average of averages
+        within = [s["methods"][method]["recall 5cm/5°"] * s["methods"][method]["count"] for s in doc["scenes"].values()]
+        assert pooled["recall 5cm/5°"] == pytest.approx(sum(within) / 8)
+        assert pooled["failures"] == sum(s["methods"][method]["failures"] for s in doc["scenes"].values())
+    text = (out / "results.md").read_text()
+    assert "nifr: recall 5cm/5° / median translation, per scene and grade" in text
+    assert "| pooled |" in text and "Grade light, pooled over the scenes" in text and "Scene facade" in text
+    # a scene whose model is there is not trained again
+    again = main(BenchCommand(output=tmp_path / "again", suite=suite, models=models, scenes=("room",), methods=methods))
+    assert again["scenes"]["room"]["train_minutes"] is None
+    assert again["scenes"]["room"]["model"] == doc["scenes"]["room"]["model"]

@@ -14,7 +14,22 @@ import tyro
 from nifr_ns.geometry import camera_center, invert_pose, look_at, perturb_pose, pose_errors, rotation_angle_deg
 from nifr_ns.pose_io import PoseSet, read_poses
 from nifr_ns.scripts.synth import SynthCommand, main
-from nifr_ns.synth import ROOM_SIZE, SceneInfo, SynthConfig, generate_scene, grade_appearance, render_view
+from nifr_ns.synth import (
+    OTHER_CAMERAS,
+    ROOM_SIZE,
+    SCENE_NAMES,
+    SUITE_GRADES,
+    SceneInfo,
+    SynthConfig,
+    build_scene,
+    generate_scene,
+    generate_suite,
+    grade_appearance,
+    render_view,
+    scene_intrinsics,
+)
+from nifr_ns.synth.render import shadow_mask
+from nifr_ns.synth.views import moved_light, sample_cameras
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +269,80 @@ def test_cli_refuses_a_non_empty_folder_and_overwrites_only_its_own_outputs(tmp_
     assert (out / "notes.txt").read_text() == "mine"
     assert not stale.exists()
     assert len(read_poses(out / "transforms.json")) == 2
+
+
+@pytest.fixture(scope="module")
+def suites(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny suite, written twice with the same settings (few views, one query per grade)."""
+    root = tmp_path_factory.mktemp("suites")
+    config = SynthConfig(preset="tiny", n_train=3, supersample=1)
+    for name in ("a", "b"):
+        generate_suite(root / name, config)
+    return root / "a", root / "b"
+
+
+def test_the_suite_is_deterministic_and_its_scenes_differ(suites: tuple[Path, Path]) -> None:
+    a, b = suites
+    files = _files(a)
+    assert files == _files(b)
+    suite = json.loads((a / "suite.json").read_text())
+    assert suite["scenes"] == list(SCENE_NAMES) and suite["grades"] == list(SUITE_GRADES)
+    first_views = {files[f"{scene}/images/train_0000.png"] for scene in SCENE_NAMES}
+    assert len(first_views) == len(SCENE_NAMES)
+    for scene in SCENE_NAMES:
+        records = json.loads((a / scene / "scene.json").read_text())["queries"]
+        assert [r["grade"] for r in records] == list(SUITE_GRADES)
+        for record in records:
+            depth = _depth(a / scene / "queries" / record["name"].replace("images/", "depths/"))
+            assert depth.max() > 0  # ground-truth depth for every view
+
+
+def test_the_dark_room_is_darker_and_flatter_and_the_facade_has_sky_without_depth(suites: tuple[Path, Path]) -> None:
+    a, _ = suites
+
+    def views(scene: str) -> np.ndarray:
+        return np.stack([_rgb(p) for p in sorted((a / scene / "images").glob("*.png"))])
+
+    room, dark = views("room"), views("dark-room")
+    assert dark.mean() < 0.75 * room.mean() and dark.std() < 0.75 * room.std()
+    sky = [(_depth(p) == 0).mean() for p in sorted((a / "facade" / "depths").glob("*.png"))]
+    assert max(sky) > 0.02  # open sky: pixels without depth
+    assert all((_depth(p) > 0).all() for p in sorted((a / "room" / "depths").glob("*.png")))  # a closed room
+
+
+def test_another_camera_has_its_own_size_and_focal_and_is_recorded(suites: tuple[Path, Path]) -> None:
+    a, _ = suites
+    train = read_poses(a / "room" / "transforms.json").images[0].intrinsics
+    queries = a / "room" / "queries"
+    gt = read_poses(queries / "gt.txt", queries / "intrinsics.txt")
+    for record in json.loads((a / "room" / "scene.json").read_text())["queries"]:
+        intrinsics = gt.by_name(record["name"]).intrinsics
+        height, width = _rgb(queries / record["name"]).shape[:2]
+        assert (width, height) == (intrinsics.width, intrinsics.height)
+        if record["grade"] == "camera":
+            w, h, _ = OTHER_CAMERAS[0]
+            scale = train.width / 160
+            assert (intrinsics.width, intrinsics.height) == (round(w * scale), round(h * scale))
+            assert intrinsics.fx != pytest.approx(train.fx) and record["camera"]["blur_px"] > 0
+        else:
+            assert intrinsics == train
+
+
+def test_a_moved_light_moves_the_shadows() -> None:
+    """Pixels the shadow leaves get brighter, pixels it reaches darker, and pixels in shadow under
+    both lights (ambient light alone) keep their colour exactly."""
+    scene = build_scene(0, "dark-room")
+    intrinsics = scene_intrinsics(SynthConfig(preset="tiny").resolved())
+    rng = np.random.default_rng(3)
+    for T_cw in sample_cameras(scene, 40, intrinsics, rng):
+        moved = scene.with_light(moved_light(scene, rng))
+        before, after = shadow_mask(scene, T_cw, intrinsics), shadow_mask(moved, T_cw, intrinsics)
+        if (before & ~after).mean() > 0.02 and (before & after).mean() > 0.02:
+            break
+    else:
+        pytest.fail("no view with shadows that move")
+    change = render_view(moved, T_cw, intrinsics, 1)[0] - render_view(scene, T_cw, intrinsics, 1)[0]
+    brightness = change.sum(-1)
+    assert np.all(brightness[before & ~after] > 0)
+    assert np.all(brightness[after & ~before] < 0)
+    np.testing.assert_array_equal(change[before & after], 0.0)

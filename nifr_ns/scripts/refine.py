@@ -143,6 +143,7 @@ def model_transform(config) -> "DataparserTransform":
 
 def write_outputs(command: RefineCommand, query_set, results, refiner) -> None:
     """Refined poses, report.json and, with ground truth, metrics (table, Markdown, JSON) and PNGs."""
+    from nifr_ns.benchmark import CORRECT
     from nifr_ns.geometry import pose_errors
     from nifr_ns.metrics import cumulative_error_plot, metrics_markdown, metrics_table, pose_metrics
     from nifr_ns.pose_io import write_poses
@@ -162,9 +163,17 @@ def write_outputs(command: RefineCommand, query_set, results, refiner) -> None:
         after = pose_errors(np.stack([r.T_cw for r in results]), gt)
         for entry, t0, r0, t1, r1 in zip(report["queries"], *before, *after):
             entry.update(initial_trans_err=float(t0), initial_rot_err=float(r0), trans_err=float(t1), rot_err=float(r1))
-        rows = {"initial": pose_metrics(*before, command.thresholds), f"nifr ({command.refine.mode})": pose_metrics(*after, command.thresholds)}
-        seconds = np.array([r.seconds for r in results])
-        rows[f"nifr ({command.refine.mode})"]["time_s"] = float(seconds.mean())
+        refined = f"nifr ({command.refine.mode})"
+        rows = {"initial": pose_metrics(*before, command.thresholds), refined: pose_metrics(*after, command.thresholds)}
+        flagged = np.array([not r.improved for r in results])
+        reached = pose_errors(np.stack([r.T_cw_refined for r in results]), gt)
+        correct = (reached[0] <= CORRECT[0]) & (reached[1] <= CORRECT[1])
+        rows[refined].update(
+            failures=float(flagged.sum()),
+            worse_unflagged=float(np.sum((after[0] > before[0] + 1e-9) & ~flagged)),
+            correct_flagged=float(np.sum(flagged & correct)),
+            time_s=float(np.mean([r.seconds for r in results])),
+        )
         report["metrics"] = rows
         CONSOLE.print(metrics_table(rows, f"{len(results)} queries"))
         (out / "metrics.md").write_text(metrics_markdown(rows))
@@ -194,12 +203,12 @@ def write_figures(out: Path, query_set, results, refiner, count: int) -> None:
 
     pca = refiner.model.feature_pca
     for query, result in list(zip(query_set.queries, results))[:count]:
-        image = query.load_image()
+        image, intrinsics = refiner.working(query.load_image(), query.intrinsics)
         fine = refiner.encode_features(image)[-1]
         panels = [image.numpy()]
         panels.append(pca(fine.permute(1, 2, 0)).cpu().numpy())
         for T in (result.T_cw_init, result.T_cw):
-            rendered = refiner.render(refiner.to_nerfstudio(T).to(refiner.device), query.intrinsics, 1).feature_image
+            rendered = refiner.render(refiner.to_nerfstudio(T).to(refiner.device), intrinsics, 1).feature_image
             panels.append(pca(rendered).cpu().numpy())
         h = min(p.shape[0] for p in panels)
         strip = np.concatenate([p[:h] for p in panels], axis=1)

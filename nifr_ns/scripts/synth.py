@@ -1,36 +1,50 @@
-"""ns-nifr-synth: write the embedded procedural scene (training views, queries, poses) to a folder."""
+"""ns-nifr-synth: write a procedural scene (training views, graded queries, poses), or the suite of them."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import tyro
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from nifr_ns.synth import SynthConfig, generate_scene
+from nifr_ns.synth import SCENE_NAMES, SynthConfig, generate_scene, generate_suite
 
 CONSOLE = Console()
 
 
 @dataclass
 class SynthCommand:
-    """Render a textured room with exact geometry: training views in nerfstudio format, query
-    views under changed appearance, their ground-truth and perturbed initial poses."""
+    """Render a place with exact geometry: training views in nerfstudio format, query views under
+    changed appearance, light or camera, their ground-truth and perturbed initial poses. With
+    --suite, every scene of the suite, each with every query grade."""
 
-    out: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="OUT")]
-    """Output folder; must be new or empty unless --overwrite."""
+    out: Annotated[tyro.conf.Positional[Optional[Path]], tyro.conf.arg(metavar="OUT")] = None
+    """Output folder of one scene; must be new or empty unless --overwrite."""
+    suite: Optional[Path] = None
+    """Write the scene suite here instead (DIR/suite.json and DIR/<scene> for each of the scenes)."""
+    scenes: tuple[str, ...] = SCENE_NAMES
+    """--suite: the scenes to write."""
     config: tyro.conf.OmitArgPrefixes[SynthConfig] = field(default_factory=SynthConfig)
 
 
 def main(command: SynthCommand) -> int:
     """Runs the command; returns the exit status."""
     try:
-        config = command.config.resolved()
+        if (command.out is None) == (command.suite is None):
+            raise ValueError("give either OUT (one scene) or --suite DIR")
+        unknown = set(command.scenes) - set(SCENE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown scenes {', '.join(sorted(unknown))}: choose among {', '.join(SCENE_NAMES)}")
+        configs = (
+            [command.config.for_suite(name) for name in command.scenes]
+            if command.suite is not None
+            else [command.config.resolved()]
+        )
     except ValueError as error:
         CONSOLE.print(f"[bold red]Invalid settings:[/bold red] {error}")
         return 2
@@ -43,31 +57,38 @@ def main(command: SynthCommand) -> int:
         console=CONSOLE,
         transient=True,
     ) as progress:
-        task = progress.add_task("Rendering", total=config.n_train + config.n_queries)
+        task = progress.add_task("Rendering", total=sum(c.n_train + c.n_queries for c in configs))
+
+        def report(name: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, description=f"Rendered {name}")
+
         try:
-            info = generate_scene(
-                command.out,
-                config,
-                lambda name, done, total: progress.update(task, completed=done, description=f"Rendered {name}"),
-            )
+            if command.suite is not None:
+                infos = generate_suite(command.suite, command.config, command.scenes, report)
+            else:
+                infos = {configs[0].scene: generate_scene(command.out, configs[0], report)}
         except FileExistsError as error:
             CONSOLE.print(f"[bold red]Not writing:[/bold red] {error}")
             return 1
 
-    queries = info.out / "queries"
-    table = Table(title=f"Synthetic scene written in {time.perf_counter() - start:.1f} s", show_header=False)
+    title = f"{'Scene suite' if command.suite else 'Synthetic scene'} written in {time.perf_counter() - start:.1f} s"
+    table = Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    grades = ", ".join(config.grades) or config.grade(0)
-    size = f"{config.width}x{config.height} px"
-    table.add_row(f"{len(info.train)} training views, {size}", str(info.out / "transforms.json"))
-    table.add_row(f"{len(info.queries_gt)} queries, appearance {grades}", str(queries / "images"))
-    table.add_row("ground-truth poses", f"{queries / 'gt.txt'}, gt.json, intrinsics.txt")
-    table.add_row(
-        f"initial poses ({config.rot_deg[0]:g}-{config.rot_deg[1]:g} deg, {config.trans[0]:g}-{config.trans[1]:g} m)",
-        f"{queries / 'init.txt'}, init.json",
-    )
-    table.add_row(f"preset {config.preset}, seed {config.seed}, world frame", str(info.out / "scene.json"))
+    for config, info in zip(configs, infos.values()):
+        queries = info.out / "queries"
+        grades = ", ".join(config.grades) or config.grade(0)
+        size = f"{config.width}x{config.height} px"
+        table.add_row(f"{config.scene}: {len(info.train)} training views, {size}", str(info.out / "transforms.json"))
+        table.add_row(f"{len(info.queries_gt)} queries, grades {grades}", str(queries / "images"))
+        table.add_row("ground-truth poses", f"{queries / 'gt.txt'}, gt.json, intrinsics.txt")
+        table.add_row(
+            f"initial poses ({config.rot_deg[0]:g}-{config.rot_deg[1]:g} deg, {config.trans[0]:g}-{config.trans[1]:g} m)",
+            f"{queries / 'init.txt'}, init.json",
+        )
+        table.add_row(f"preset {config.preset}, seed {config.seed}, world frame", str(info.out / "scene.json"))
+    if command.suite is not None:
+        table.add_row("suite", str(command.suite / "suite.json"))
     CONSOLE.print(table)
     return 0
 
