@@ -54,6 +54,10 @@ class StructureConfig:
     """RANSAC's most hypotheses; it stops earlier once ransac_confidence is reached."""
     ransac_confidence: float = 0.999
     min_inliers: int = 12
+    stretch: bool = True
+    """Before detection, stretch each image's grey levels from its darkest to its brightest pixel over
+    the full range. The detectors' contrast thresholds are absolute, so a dark or low-contrast image
+    otherwise yields few keypoints; turn off only for images that already span the range."""
     """Fewer correspondences or inliers than this: no pose (success False, the fallback returned)."""
 
 
@@ -72,6 +76,8 @@ def _features(image: np.ndarray, config: StructureConfig) -> tuple[np.ndarray, n
     if image.dtype != np.uint8:
         image = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    if config.stretch:
+        gray = _stretched(gray)
     if config.detector == "sift":
         # SIFT's first octave doubles the image; without precise upscaling that resize shifts every
         # keypoint 0.25 px up-left (measured), which made poses 2-4x worse at 256x192.
@@ -86,6 +92,12 @@ def _features(image: np.ndarray, config: StructureConfig) -> tuple[np.ndarray, n
         # at (p + 0.5) s in this project's convention, not p * s + 0.5.
         return pt + 0.5 * detector.getScaleFactor() ** np.array([k.octave for k in keypoints])[:, None], descriptors
     return pt + 0.5, descriptors
+
+
+def _stretched(gray: np.ndarray) -> np.ndarray:
+    """``gray`` (uint8) mapped linearly from its own range onto 0-255."""
+    lo, hi = int(gray.min()), int(gray.max())
+    return np.round((gray.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1))).astype(np.uint8)
 
 
 def _match(query: np.ndarray | None, reference: np.ndarray | None, config: StructureConfig) -> np.ndarray:

@@ -133,3 +133,16 @@ def test_distorted_intrinsics_and_mismatched_depth_are_refused(scene: SceneInfo)
         localize(image, distorted, [reference])
     with pytest.raises(ValueError, match="depth"):
         localize(image, query.intrinsics, [replace(reference, depth=reference.depth[::2, ::2])])
+
+
+def test_a_dark_low_contrast_query_is_stretched_before_detection(scene: SceneInfo) -> None:
+    """SIFT's contrast threshold is absolute: a query a fifth as bright and contrasted, against references
+    as they are, keeps few keypoints unless both are stretched over the full range first."""
+    image, query = _query(scene, 0)
+    dark = np.round(image.astype(np.float64) * 0.2 + 5).astype(np.uint8)
+    references = _nearest_references(scene, query)
+    stretched = localize(dark, query.intrinsics, references, StructureConfig())
+    raw = localize(dark, query.intrinsics, references, StructureConfig(stretch=False))
+    trans_err, rot_err = pose_errors(stretched.T_cw, query.T_cw)
+    assert stretched.success and trans_err < 0.03 and rot_err < 0.5, (trans_err, rot_err)
+    assert stretched.inliers > 2 * raw.inliers, (stretched.inliers, raw.inliers)
