@@ -136,19 +136,29 @@ class PolishConfig:
         return final_cost <= (1.0 - self.verify_gain) * initial_cost
 
 
+LOG_OFFSET = 0.06
+"""The log's offset in :func:`normalized_log_rgb`, as a share of the image's mean intensity."""
+VARIANCE_FLOOR = 0.005
+"""The variance floor in :func:`normalized_log_rgb`, as a share of the image's log-intensity variance."""
+
+
 def normalized_log_rgb(
-    image: Float[Tensor, "3 h w"], window: int | Tuple[int, int], eps: float = 0.02
+    image: Float[Tensor, "3 h w"], window: int | Tuple[int, int], offset: float = LOG_OFFSET
 ) -> Float[Tensor, "3 h w"]:
     """Log intensity made zero-mean and unit-variance over each ``window`` x ``window`` neighbourhood
     (or rows x columns), per channel. Exposure, colour cast and vignetting multiply the image (a
     local offset in log space) and gamma raises it to a power (a scale in log space): both cancel.
-    ``eps`` keeps dark pixels' noise from dominating; a variance floor keeps flat regions near zero."""
+    The log's offset, ``offset`` times the image's mean intensity, keeps dark pixels' noise from
+    dominating and scales with the image, so that an image and the same at half the exposure give the
+    same values; a variance floor, a share of the whole image's, keeps flat regions near zero at any
+    contrast."""
     rows, columns = (window, window) if isinstance(window, int) else window
-    x = torch.log(image + eps)
+    x = torch.log(image + offset * image.mean().clamp_min(1e-6))
     padded = F.pad(x[None], [columns // 2, columns // 2, rows // 2, rows // 2], mode="replicate")
     mean = F.avg_pool2d(padded, (rows, columns), stride=1)[0]
     variance = (F.avg_pool2d(padded.square(), (rows, columns), stride=1)[0] - mean.square()).clamp_min(0.0)
-    return (x - mean) / torch.sqrt(variance + 1e-3)
+    floor = VARIANCE_FLOOR * x.flatten(1).var(dim=1).clamp_min(1e-8)[:, None, None]
+    return (x - mean) / torch.sqrt(variance + floor)
 
 
 @dataclass
@@ -228,18 +238,12 @@ class RefineConfig:
     polish: PolishConfig = field(default_factory=PolishConfig)
     """features mode: the last stage, features with normalised intensity."""
     restart_distance: float = 0.04
-    """A refinement that is flagged is tried again from four restarts: the initial pose moved this far
-    (nerfstudio's normalised units; 0.04 is 10 cm in the default synthetic scene) along and against
-    the camera's x and y axes (:meth:`PoseRefiner.moved`, :meth:`PoseRefiner.best_of`; 0: no
-    restarts); also the spacing of the ``starts``. The restarts are judged against the initial pose
-    as the first refinement was. Measured with ``ns-nifr-refine`` on 96
-    graded queries (initial errors 10-30 cm / 4-8 deg), nifr-small 6000 iterations, off -> 0.04: recall
-    at 5 cm / 5 deg seed 42 86.5 -> 90.6 %, seed 1 87.5 -> 88.5 %; flagged 7 -> 3 and 6 -> 3; worse
-    unflagged 2 -> 2 on both; 1.68 -> 1.82 s per query on seed 42. 0.02 and 0.08 rescued the same
-    queries; six restarts (along z too), each through all the levels: the same 90.6 % at 2.04 s per
-    query. The candidates compared on the last coarse level (stride 4) instead of the polish stage's
-    judge (stride 2): the same 90.6 % (78.1 instead of 77.1 % within 2 cm / 2 deg), a restarted query
-    2.4 instead of 2.6 times as long as the others."""
+    """Spacing of the ``starts`` and of the restarts of a flagged refinement, as a share of the median
+    depth that the initial pose sees (0.04: 10 cm for surfaces 2.5 m away): the initial pose is moved
+    this far along and against the camera's x and y axes (:meth:`PoseRefiner.moved`, :meth:`PoseRefiner.best_of`);
+    0: one start and no restarts. A share of the depth moves the image by the same few pixels in a room
+    as on a facade 20 m away. The restarts are judged against the initial pose as the first refinement
+    was."""
     starts: int = 5
     """The coarse levels (from ``first_level``) run from this many starts, the first the initial pose
     after the turn search (``search_deg``), the others it moved ``restart_distance`` along and against
@@ -273,9 +277,9 @@ class RefineConfig:
     1.38 -> 0.90 cm, 0.272 -> 0.207 deg, within 2 cm / 2 deg 76.0 -> 84.4 %, within 5 cm / 5 deg
     90.6 -> 89.6 %, worse unflagged 2 -> 3."""
     max_translation: float = 0.5
-    """A refinement that moves the camera further than this (nerfstudio's normalised units, in
-    which the training cameras span about [-1, 1]) is flagged and the initial pose kept: with
-    poor features the cost can be lowest at a pose that sees little, far from any camera."""
+    """A refinement that moves the camera further than this share of the median depth the initial pose
+    sees is flagged and the initial pose kept: with poor features the cost can be lowest at a pose that
+    sees little, far from any camera. Raise it for initial poses known to be that far off."""
     max_rotation_deg: float = 45.0
     """A refinement that turns the camera by more than this is flagged likewise."""
     render_compare_steps: int = 100
@@ -567,25 +571,26 @@ class PoseRefiner:
         K = torch.from_numpy(intrinsics.K()).to(self.device, torch.float64)
         hw = (intrinsics.height, intrinsics.width)
         T_init = self.to_nerfstudio(T_cw_init).to(self.device)
+        depth = self.view_depth(T_init, intrinsics)
         if self.config.mode == "render-compare":  # a fixed number of steps
             T = self.render_and_compare(stages[-1].fmap, intrinsics, T_init)  # the finest level: no polish
             iterations, converged = self.config.render_compare_steps, True
         elif self.several_starts:
             T = self.search_start(T_init, search, intrinsics, K, hw)
-            starts = [T] + self.moved(T)[: self.config.starts - 1]
+            starts = [T] + self.moved(T, depth)[: self.config.starts - 1]
             T, iterations, converged = self.best_of(starts, stages, judges[0], intrinsics, K, hw)
         else:
             T, iterations, converged = self.solve([T_init], stages, intrinsics, K, hw, search)[0]
         T, final = self.settle(T, judges, intrinsics, K, hw)
         initial = self.costs([T_init], judges, intrinsics, K, hw)[0]
-        flag = self.verdict(T_init, T, initial, final)
+        flag = self.verdict(T_init, T, initial, final, depth)
         restarted = bool(flag) and self.restarts
         if restarted:
-            restarts = self.moved(T_init)
+            restarts = self.moved(T_init, depth)
             T_restart, more, restart_converged = self.best_of(restarts, stages, judges[0], intrinsics, K, hw, search)
             T_restart, final_restart = self.settle(T_restart, judges, intrinsics, K, hw)
             iterations += more
-            if not self.verdict(T_init, T_restart, initial, final_restart):
+            if not self.verdict(T_init, T_restart, initial, final_restart, depth):
                 T, final, flag, converged = T_restart, final_restart, "", restart_converged
         improved = not flag
         return QueryResult(
@@ -636,13 +641,13 @@ class PoseRefiner:
         return list(zip(poses, iterations, converged))
 
     def verdict(
-        self, T_init: Tensor, T: Tensor, initial: List[Tuple[float, float]], final: List[Tuple[float, float]]
+        self, T_init: Tensor, T: Tensor, initial: List[Tuple[float, float]], final: List[Tuple[float, float]], depth: float
     ) -> str:
         """Why the refined pose T may not replace T_init ("" if it may), from both poses' judges' costs
         (:meth:`costs`: the last stage's, then the intensity check's if on)."""
         if not final[0][0] < initial[0][0]:
             return "cost not lower"
-        if not self.within_trust_region(T_init, T):
+        if not self.within_trust_region(T_init, T, depth):
             return "outside the trust region"
         if len(initial) > 1 and not self.config.polish.confirms(initial[1][0], final[1][0]):
             return "intensity not confirmed"
@@ -662,13 +667,13 @@ class PoseRefiner:
     def restarts(self) -> bool:
         return self.config.restart_distance > 0 and self.config.mode != "render-compare"
 
-    def moved(self, T: Tensor) -> List[Tensor]:
-        """T moved ``restart_distance`` against and along the camera's x axis, then its y axis."""
+    def moved(self, T: Tensor, depth: float) -> List[Tensor]:
+        """T moved ``restart_distance`` x ``depth`` against and along the camera's x axis, then its y axis."""
         poses = []
         for axis in (0, 1):
             for sign in (-1.0, 1.0):
                 pose = T.clone()
-                pose[axis, 3] += sign * self.config.restart_distance  # T_cw: along the camera's own axis
+                pose[axis, 3] += sign * self.config.restart_distance * depth  # T_cw: along the camera's own axis
                 poses.append(pose)
         return poses
 
@@ -717,12 +722,22 @@ class PoseRefiner:
         costs = point_costs(turns @ T_init, points, targets, stage.fmap, K, hw, stage.lm)[0].mean(dim=-1)
         return turns[int(costs.argmin())] @ T_init
 
-    def within_trust_region(self, T_init: Tensor, T: Tensor) -> bool:
-        """Whether the move from T_init to T (nerfstudio frame) is one a local refinement can make."""
+    def within_trust_region(self, T_init: Tensor, T: Tensor, depth: float) -> bool:
+        """Whether the move from T_init to T (nerfstudio frame), for a view of surfaces ``depth`` away, is
+        one a local refinement can make."""
         motion = (T @ torch.linalg.inv(T_init)).cpu().double().numpy()
         moved = np.linalg.norm(camera_center(T.cpu().double().numpy()) - camera_center(T_init.cpu().double().numpy()))
         turned = rotation_angle_deg(motion[:3, :3])
-        return bool(moved <= self.config.max_translation and turned <= self.config.max_rotation_deg)
+        return bool(moved <= self.config.max_translation * depth and turned <= self.config.max_rotation_deg)
+
+    def view_depth(self, T: Tensor, intrinsics: Intrinsics) -> float:
+        """The median depth (nerfstudio units) of the surfaces the camera at T sees, from a render on the
+        coarsest grid: the scale of this query's scene, for the distances that are shares of it."""
+        rendering = self.render(T, intrinsics, self.config.render_strides[0])
+        if len(rendering.points) == 0:
+            return 1.0  # nothing in view: the training cameras' spread, about the normalised scene's radius
+        z = rendering.points.double() @ T[2, :3].to(rendering.points.device) + T[2, 3]
+        return float(z.median())
 
     def targets(
         self, rendering: Rendering, weight: float = 0.0, every: int = 1, window: Optional[Tuple[int, int]] = None
