@@ -225,3 +225,24 @@ def depth_loss(z_depth: Float[Tensor, " R"], sensor: Float[Tensor, " R"]) -> Flo
     unregistered depth camera) pull on the geometry no harder than the rest."""
     valid = sensor > 0
     return ((z_depth - sensor).abs() * valid).sum() / valid.sum().clamp_min(1)
+
+
+class RelativeMSELoss(torch.nn.Module):
+    """Squared colour error relative to the rendered intensity (RawNeRF's loss, Mildenhall et al. 2022):
+    ((pred - gt) / (sg(pred) + eps))^2, with eps ``offset`` times the batch's mean intensity, scaled back
+    by (mean + eps)^2 so that a pixel at the mean weighs as in plain MSE, and never below that: texture
+    in the dark parts of a scene then constrains the geometry as much as texture in the bright parts,
+    which keep plain MSE's weight. The loss is unchanged when every intensity is scaled alike."""
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def weights_for(self, gt: Float[Tensor, "*bs 3"], pred: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
+        """Each value's weight, a constant of the graph."""
+        mean = gt.mean().detach()
+        eps = self.offset * mean
+        return ((mean + eps) / (pred.detach() + eps)).square().clamp_min(1.0)
+
+    def forward(self, gt: Float[Tensor, "*bs 3"], pred: Float[Tensor, "*bs 3"]) -> Float[Tensor, ""]:
+        return (self.weights_for(gt, pred) * (pred - gt).square()).mean()

@@ -74,6 +74,11 @@ class NifrModelConfig(NerfactoModelConfig):
     instead of 3.6 %)."""
     hidden_dim_feature: int = 64
     """Width of the feature head's MLP."""
+    rgb_loss_offset: float = 0.1
+    """Above 0: the colour error relative to the rendered intensity plus this share of the batch's mean
+    intensity, never weighed below plain MSE (:class:`~nifr_ns.losses.RelativeMSELoss`), so that
+    texture in dim light and shadow constrains the geometry as texture in bright light does; smaller
+    values weigh the darkest pixels more. 0: nerfacto's mean squared error."""
     geo_feature_grad_scale: float = 0.0
     """How much of the feature losses' gradient reaches the geometric features (0: none)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
@@ -204,7 +209,7 @@ class NifrModel(NerfactoModel):
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer(method="median")
         self.renderer_expected_depth = DepthRenderer(method="expected")
-        self.rgb_loss = MSELoss()
+        self.rgb_loss = losses.RelativeMSELoss(cfg.rgb_loss_offset) if cfg.rgb_loss_offset > 0 else MSELoss()
         self.step = 0
         self.encoder = replace(cfg.encoder, feature_dim=cfg.feature_dim).setup()
         self.prototypes = Parameter(torch.randn(cfg.num_prototypes, cfg.feature_dim))

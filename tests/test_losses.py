@@ -339,3 +339,33 @@ def test_depth_loss_is_the_mean_error_over_pixels_with_sensor_depth() -> None:
     assert rendered.grad.tolist() == [0.5, 0.0, -0.5, 0.0]  # pulls each known depth toward the sensor
     assert depth_loss(sensor.clone(), sensor).item() == 0.0
     assert depth_loss(rendered, torch.zeros(4)).item() == 0.0  # a view without depth: no loss, no NaN
+
+
+def test_relative_colour_loss_weighs_dim_texture_as_bright_texture_and_scales_like_mse() -> None:
+    from nifr_ns.losses import RelativeMSELoss
+
+    generator = torch.Generator().manual_seed(0)
+    gt = torch.rand(256, 3, generator=generator) * 0.5 + 0.25
+    pred = gt * (1 + 0.1 * torch.randn(256, 3, generator=generator))
+    loss = RelativeMSELoss(offset=0.01)
+    # one batch, half of it a tenth as bright with the same relative errors: under MSE that half
+    # counts a hundred times less; under the relative loss a dim pixel weighs as its error relative to
+    # its own intensity says, and no pixel less than under MSE
+    scale = torch.ones(256, 1)
+    scale[128:] = 0.1
+    gt_mixed, pred_mixed = gt * scale, pred * scale
+    weights = loss.weights_for(gt_mixed, pred_mixed)
+    mean, eps = gt_mixed.mean(), 0.01 * gt_mixed.mean()
+    dim = pred_mixed < mean
+    assert dim[128:].all() and weights.min() == 1.0
+    torch.testing.assert_close(weights[dim], ((mean + eps) / (pred_mixed[dim] + eps)).square().clamp_min(1.0))
+    squared = (pred_mixed - gt_mixed).square()
+    assert squared[128:].sum() < 0.02 * squared[:128].sum()
+    assert (weights * squared)[128:].sum() > 0.2 * (weights * squared)[:128].sum()
+    # every intensity scaled alike: the loss scales as MSE does, so Adam's steps do not change
+    assert loss(gt * 0.2, pred * 0.2) == pytest.approx(0.04 * float(loss(gt, pred)), rel=1e-5)
+    # the weights are constants: the gradient is the weighted squared error's
+    pred.requires_grad_(True)
+    loss(gt, pred).backward()
+    weights = loss.weights_for(gt, pred.detach())
+    torch.testing.assert_close(pred.grad, 2 * weights * (pred.detach() - gt) / pred.numel())
