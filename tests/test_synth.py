@@ -346,3 +346,14 @@ def test_a_moved_light_moves_the_shadows() -> None:
     assert np.all(brightness[before & ~after] > 0)
     assert np.all(brightness[after & ~before] < 0)
     np.testing.assert_array_equal(change[before & after], 0.0)
+
+
+def test_cli_writes_a_suite_and_refuses_a_scene_folder_and_a_suite_at_once(tmp_path: Path) -> None:
+    args = ["--preset", "tiny", "--n-train", "2", "--supersample", "1"]
+    assert main(tyro.cli(SynthCommand, args=["--suite", str(tmp_path / "suite"), "--scenes", "room", "facade", *args])) == 0
+    suite = json.loads((tmp_path / "suite" / "suite.json").read_text())
+    assert suite["scenes"] == ["room", "facade"] and suite["queries_per_scene"] == 4
+    assert len(read_poses(tmp_path / "suite" / "facade" / "transforms.json")) == 2
+    assert main(tyro.cli(SynthCommand, args=[str(tmp_path / "one"), "--suite", str(tmp_path / "two"), *args])) == 2
+    assert main(tyro.cli(SynthCommand, args=["--suite", str(tmp_path / "three"), "--scenes", "attic", *args])) == 2
+    assert not (tmp_path / "one").exists() and not (tmp_path / "two").exists() and not (tmp_path / "three").exists()

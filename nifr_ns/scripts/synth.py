@@ -71,26 +71,42 @@ def main(command: SynthCommand) -> int:
             CONSOLE.print(f"[bold red]Not writing:[/bold red] {error}")
             return 1
 
-    title = f"{'Scene suite' if command.suite else 'Synthetic scene'} written in {time.perf_counter() - start:.1f} s"
-    table = Table(title=title, show_header=False)
+    seconds = time.perf_counter() - start
+    CONSOLE.print(suite_table(configs, infos, command.suite, seconds) if command.suite else scene_table(configs[0], infos, seconds))
+    return 0
+
+
+def scene_table(config: SynthConfig, infos: dict, seconds: float) -> Table:
+    """What one scene's folder holds."""
+    info = next(iter(infos.values()))
+    queries = info.out / "queries"
+    table = Table(title=f"Synthetic scene written in {seconds:.1f} s", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
+    grades = ", ".join(config.grades) or config.grade(0)
+    table.add_row(f"{config.scene}: {len(info.train)} training views, {config.width}x{config.height} px",
+                  str(info.out / "transforms.json"))  # fmt: skip
+    table.add_row(f"{len(info.queries_gt)} queries, grades {grades}", str(queries / "images"))
+    table.add_row("ground-truth poses", f"{queries / 'gt.txt'}, gt.json, intrinsics.txt")
+    table.add_row(
+        f"initial poses ({config.rot_deg[0]:g}-{config.rot_deg[1]:g} deg, {config.trans[0]:g}-{config.trans[1]:g} m)",
+        f"{queries / 'init.txt'}, init.json",
+    )
+    table.add_row(f"preset {config.preset}, seed {config.seed}, world frame", str(info.out / "scene.json"))
+    return table
+
+
+def suite_table(configs: list, infos: dict, suite: Path, seconds: float) -> Table:
+    """One row per scene of a suite."""
+    first = configs[0]
+    title = (f"Scene suite written in {seconds:.1f} s ({suite / 'suite.json'}): grades {', '.join(first.grades)}, "
+             f"initial poses {first.rot_deg[0]:g}-{first.rot_deg[1]:g} deg, {first.trans[0]:g}-{first.trans[1]:g} m")  # fmt: skip
+    table = Table(title=title)
+    for column in ("scene", "views", "queries", "folder"):
+        table.add_column(column, overflow="fold")
     for config, info in zip(configs, infos.values()):
-        queries = info.out / "queries"
-        grades = ", ".join(config.grades) or config.grade(0)
-        size = f"{config.width}x{config.height} px"
-        table.add_row(f"{config.scene}: {len(info.train)} training views, {size}", str(info.out / "transforms.json"))
-        table.add_row(f"{len(info.queries_gt)} queries, grades {grades}", str(queries / "images"))
-        table.add_row("ground-truth poses", f"{queries / 'gt.txt'}, gt.json, intrinsics.txt")
-        table.add_row(
-            f"initial poses ({config.rot_deg[0]:g}-{config.rot_deg[1]:g} deg, {config.trans[0]:g}-{config.trans[1]:g} m)",
-            f"{queries / 'init.txt'}, init.json",
-        )
-        table.add_row(f"preset {config.preset}, seed {config.seed}, world frame", str(info.out / "scene.json"))
-    if command.suite is not None:
-        table.add_row("suite", str(command.suite / "suite.json"))
-    CONSOLE.print(table)
-    return 0
+        table.add_row(config.scene, f"{len(info.train)} ({config.width}x{config.height})", str(len(info.queries_gt)), str(info.out))
+    return table
 
 
 def entrypoint() -> None:
