@@ -59,10 +59,8 @@ class NifrDataManagerConfig(VanillaDataManagerConfig):
     """The other images of a batch are drawn from the anchor's this many nearest views."""
     cluster_size: int = 1
     """Pixels are drawn in clusters of this many around random centres (1: independently), so
-    every pixel has negatives a few pixels away that teach the features to tell neighbours apart.
-    nifr-small, seed 42, clusters of 8 within 3 px against independent pixels: held-out PSNR 22.01
-    against 23.41 dB (fewer distinct rays), matching within 1 / 3 px 1.3 / 5.4 against 2.3 / 8.5 %,
-    96-query recall at 5 cm / 5 deg 18.8 against 33.3 % (polish weight 0.5)."""
+    every pixel has negatives a few pixels away that teach the features to tell neighbours apart;
+    clusters also mean fewer distinct rays per batch for the geometry."""
     cluster_radius: int = 4
     """Largest offset (pixels) of a cluster's pixels from its centre."""
     # the total number of rays stays train_num_rays_per_batch, split evenly between the images

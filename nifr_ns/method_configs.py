@@ -68,14 +68,8 @@ def _optimizers(max_steps: int) -> dict:
 
 
 def _small_optimizers(max_steps: int) -> dict:
-    """nifr-small's learning rates: still learning at the end of its short run.
-
-    Decaying every group 100x left the last half of the 2000 iterations barely moving (the
-    contrastive loss was still falling). Measured with ``benchmarks/reproduce.py`` (2000
-    iterations, 2 CPU cores): fields 1e-2 -> 1e-4 and encoder 1e-3 -> 1e-5 gave held-out PSNR
-    19.35 dB and nifr refinement 26.5 cm / 5.9 deg; fields decaying to 3e-3 and encoder 3e-3 ->
-    3e-4, 20.90 dB and 24.7 cm / 4.4 deg; fields without decay (below), 21.31 dB and
-    14.3 cm / 2.5 deg (initial 20.3 cm / 5.8 deg).
+    """nifr-small's learning rates: still learning at the end of its short run (decaying every
+    group 100x left the last half of its 2000 iterations barely moving).
     """
     return {
         "proposal_networks": _group(1e-2, 1e-2, max_steps),
@@ -110,33 +104,15 @@ def nifr_config() -> NifrTrainerConfig:
 def nifr_small_config() -> NifrTrainerConfig:
     """A preset that trains a usable model on a 2-core CPU in minutes.
 
-    Tri-plane encodings instead of the pure-torch hash grid, one proposal network, few
-    samples per ray and small images in memory. A random background colour during training
-    makes every ray end on a surface, as it does in a room or around an object: with nerfacto's
-    "last_sample" background, 2000 iterations on the synthetic room painted it on a shell far
-    beyond the walls (rendered depth about 10x the true depth), which misplaces every lifted
-    point. For outdoor scenes with sky use ``nifr`` or ``--pipeline.model.background-color last_sample``.
-
-    Three images per batch (the encoder is a third of a step on a CPU) and a total-variation
-    prior on the density tri-planes. Measured on the default synthetic scene, 2000 iterations
-    on 2 CPU cores, one run each (held-out PSNR; median relative depth error of the held-out
-    views): four images 21.31 dB, 8.3 %; three 22.84 dB, 5.8 %; three with the prior at 2e-4
-    23.11 dB, 4.4 %. A step takes 0.285 s with four images, 0.252 s with three (profiled, same
-    machine). The prior's weight, on two seeds (42, the default, and 1, whose geometry had a
-    floater): 2e-4 23.11 dB / 4.4 % and 21.33 dB / 9.6 %; 1e-3 23.34 dB / 3.6 % and
-    22.22 dB / 7.0 %; 3e-3 23.09 dB / 4.0 % and 22.33 dB / 5.9 %. 1e-3 is the best on average.
-    2400 iterations (encoder decay and proposal warm-up scaled) gained on both seeds: recall at
-    5 cm / 5 deg on 96 graded queries 33.3 -> 39.6 % and 24.0 -> 29.2 %, but took 13-17 min on the
-    machine's slow hours, beyond the 10-minute budget: 2000 stays, the demo's length. Where the
-    time is there, train longer (``--max-num-iterations``; the schedules follow): 6000 iterations,
-    23 min on 2 CPU cores, seed 42, held-out PSNR 23.41 -> 26.48 dB, depth error 3.6 -> 0.9 %, and
-    with this revision's refinement on the 96 queries recall 71.9 -> 84.4 %, median 2.5 -> 1.6 cm (its
-    4000-iteration checkpoint: 82.3 %, 1.9 cm); seed 1 22.22 -> 26.16 dB, 7.0 -> 1.1 %, 53.1 -> 83.3 %,
-    4.6 -> 1.9 cm. The renders' sharpness is what limits refinement
-    (``benchmarks/oracle.py``: with the scene's exact colours in place of the 2000-iteration
-    model's, 86.5 % and 0.63 cm; with its exact geometry, 66.7 % and 3.1 cm).
-    nerfacto's distortion loss stays at its 0.002: at 0.01 (seed 42) the depth error rose to 33 %
-    (21.15 dB) and refinement's recall on 96 graded queries fell to 8 %; at 0.1 (seed 1), 34 %.
+    Tri-plane encodings instead of the pure-torch hash grid, one proposal network, few samples per
+    ray, small images in memory, three images per batch (the encoder is a third of a step on a CPU)
+    and a total-variation prior on the density tri-planes. A random background colour during
+    training makes every ray end on a surface, as it does in a room or around an object (with
+    nerfacto's "last_sample" background the room's walls were painted on a shell far beyond them).
+    For outdoor scenes with sky use ``nifr`` or ``--pipeline.model.background-color last_sample``.
+    2000 iterations keep the demo near ten minutes; where the time is there, train longer
+    (``--max-num-iterations``; the schedules follow): the renders' sharpness is what limits
+    refinement most.
     """
     iters = 2000
     triplane = EncodingConfig(kind="triplane", resolutions=(64, 128, 256), features_per_level=8)

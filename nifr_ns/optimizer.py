@@ -405,8 +405,7 @@ def lm_refine_batch(
     would alone, while the tensor work of a step is shared, so that B solves on small grids, whose
     time is mostly per operation rather than per point, cost little more than one. Problems that have
     stopped leave the evaluation: with five starts, some run all max_iterations while others stop
-    within ten (the solver's time per query 420 -> 395 ms, 6 graded queries, 2 CPU cores; the same
-    poses to rounding, 1e-15)."""
+    within ten (the poses are those of separate solves to rounding)."""
     config = config or LMConfig()
     problem = _Problem.build(points, targets, fmap, K, image_hw, weights, config)
     start = state = problem.evaluate(torch.stack([T.to(torch.float64) for T in T_cw_init]))

@@ -44,82 +44,43 @@ Mode = Literal["features", "photometric", "render-compare"]
 @dataclass
 class PolishConfig:
     """The features mode's last stage: the finest features together with locally normalised log
-    intensity (:func:`normalized_log_rgb`), on a grid rendered at ``stride``.
-
-    The learned features are smooth over several pixels, so the features' cost is flat near its
-    minimum, which can lie centimetres from the true pose; normalised intensity is sharp and
-    cancels exposure, colour cast, vignetting and gamma. Measured on the benchmark model (24
-    graded queries, 2 CPU cores): refined from the ground truth, queries drift 8.1 cm (median) with
-    features alone, and with this stage 23 of 24 stay there (the ground truth has the lowest cost);
-    ``benchmarks/reproduce.py``: recall at 5 cm / 5 deg 12.5 -> 29 %, success from 2 cm / 0.8 deg
-    starts 17 -> 46 %, 0.60 -> 1.73 s per query.
+    intensity (:func:`normalized_log_rgb`), on a grid rendered at ``stride``. The learned features are
+    smooth over several pixels, so their cost is flat near its minimum, which can lie centimetres from
+    the true pose; normalised intensity is sharp and cancels exposure, colour cast, vignetting and gamma.
     """
 
     enabled: bool = True
     stride: int = 1
-    """Stride of the rendered grid and of the query image's pooling (pixels of the query). 2 -> 1
-    (judged at 2), ``ns-nifr-refine`` on 96 graded queries (initial errors 10-30 cm / 4-8 deg), recall
-    at 5 cm / 5 deg and at 2 cm / 2 deg, median, worse unflagged, s per query on 2 CPU cores:
-    nifr-small 6000 iterations seed 42: 84.4 -> 86.5 %, 57.3 -> 75.0 %, 1.63 -> 1.20 cm, 3 -> 2,
-    1.30 -> 1.90 s; seed 1: 83.3 -> 87.5 %, 1.9 -> 1.43 cm, 1 -> 2, 1.94 s; 2000 iterations seed 42:
-    71.9 -> 77.1 %, 2.46 -> 2.13 cm, 2 -> 1, 1.20 -> 1.67 s (all with ``point_step`` 1). Judged at
-    stride 1 too (seed 42, 6000): 81.2 %, 1.24 cm, 14 flagged instead of 7, 2.61 s."""
+    """Stride of the rendered grid and of the query image's pooling, in query pixels (1: full
+    resolution). Raise it to trade precision for time."""
     point_step: int = 2
     """The solver uses every ``point_step``-th lifted pixel of this stage's rendering (the whole
-    rendering is still needed: the intensity is normalised over its neighbourhoods). At stride 1 the
-    solver on every pixel is as slow as the rendering; 1 -> 2, 96 graded queries, seed 42, 6000
-    iterations: 86.5 -> 86.5 % within 5 cm / 5 deg, 75.0 -> 74.0 % within 2 cm / 2 deg, median
-    1.20 -> 1.24 cm, 1.90 -> 1.68 s per query."""
+    rendering is still needed: the intensity is normalised over its neighbourhoods). 1 costs about as
+    much as the rendering for little gain."""
     column_step: int = 2
     """The stage renders every ``column_step``-th column of its grid (pixels ``column_step`` wide), and
     the rendered intensity is normalised over ``window`` rows and ``window // column_step`` columns
-    (made odd), so over about the same neighbourhood as the query's. With ``point_step`` 2 the solver
-    keeps the points it had with every column rendered and ``point_step`` 4, every fourth column of
-    each row. Interleaved in one process on 96 graded queries (initial errors 10-30 cm / 4-8 deg,
-    nifr-small 6000 iterations, RGB, 2 CPU cores), every column with point steps 2 / 4, then every
-    second with 2: median 0.98 / 0.96 / 0.87 cm, 0.208 / 0.193 / 0.187 deg; within 5 cm / 5 deg 92.7 /
-    92.7 / 91.7 %, within 2 cm / 2 deg 80.2 / 83.3 / 83.3 %, within 1 cm / 1 deg 51.0 / 52.1 / 53.1 %;
-    per query 1.99 -> 1.91 s (point step 2 -> 4) in one run and 1.86 -> 1.57 s (every column -> every
-    second) in the next; the stage's render 0.48 -> 0.25 s."""
+    (made odd), so over about the same neighbourhood as the query's. 1 renders every column (slower)."""
     judge_stride: Optional[int] = 2
     """Stride at which the initial and refined poses are compared by this stage's cost and the
-    intensity check (None: ``stride``). The comparison renders both poses, and at stride 1 a render
-    costs four at stride 2; the finer intensity also differs more between the model's renders and
-    the query, so fewer refinements pass the check (above)."""
+    intensity check (None: ``stride``). At stride 1 a render costs four at stride 2, and the finer
+    intensity differs more between the model's renders and the query, so fewer refinements pass."""
     renders: int = 1
-    """Renders (each followed by an LM run). A second one, measured on two benchmark models: 0.35 s
-    more per query and no gain; 0.30 s more and 35.4 instead of 33.3 % within 5 cm / 5 deg on 96
-    graded queries (two queries, within the spread between two trainings)."""
+    """Renders in this stage, each followed by a solve (1 or more; more let visibility follow the pose)."""
     weight: float = 1.0
-    """Scale of the three intensity channels against the unit-norm features. Measured with
-    ``ns-nifr-refine`` on 96 graded queries (recall at 5 cm / 5 deg, queries made worse without a
-    flag), 0.5 -> 1.0 -> 2.0: RGB model seed 42 33.3 / 35.4 / 30.2 %, 5 / 2 / 0 worse; seed 1
-    24.0 / 21.9 / 24.0 %, 11 / 6 / 2; the RGB-D model 53.1 / 55.2 % (2.0 unmeasured), 4 / 4. At
-    1.0 as many successes (108 against 106 of 288) and 12 silent failures instead of 20; at 2.0
-    the fewest silent failures but 48-60 of 96 flagged and three successes fewer."""
+    """Scale of the three intensity channels against the unit-norm features (0: features alone).
+    Higher flags more queries and leaves fewer wrong ones unflagged."""
     window: int = 9
-    """Side of the neighbourhood (pixels of the pooled image) the intensity is normalised over, here
-    and in the levels (``RefineConfig.level_intensity``). 96 graded queries, seed 42, with the
-    levels' intensity: recall at 5 cm / 5 deg 40.6 / 53.1 / 63.5 / 65.6 / 56.2 % for windows 3 / 5
-    / 7 / 9 / 11 (9 in the levels and 5 here 61.5 %, the reverse 56.2 %); 7 and 9 on seed 1
-    39.6 / 51.0 %, on the RGB-D model 81.2 / 82.3 %."""
+    """Side of the neighbourhood, in pixels of the pooled image, the intensity is normalised over,
+    here and in the levels (``RefineConfig.level_intensity``); odd. Smaller is sharper but noisier."""
     robust_scale: float = 0.5
     """The solver's robust scale in this stage (its residuals are larger than the features' alone)."""
     verify_gain: float = 0.2
     """A refined pose is kept only if the normalised intensity alone, which owes nothing to the
-    learned features, agrees with the query clearly better there than at the initial pose: its
-    robust cost must fall by at least this share (0: no check). Wrong minima of the learned cost
-    lower the features' part of it but not the intensity's. Measured with ``ns-nifr-refine`` on 96
-    graded queries of the default scene (initial errors 10-30 cm / 4-8 deg), nifr-small with its
-    earlier, weaker TV prior (2e-4): without the check 37 queries end with a larger
-    translation error and 21 within 5 cm / 5 deg; a required gain of 0.10 / 0.15 / 0.20 leaves
-    10 / 8 / 3 of them worse unflagged and keeps 21 / 20 / 19 successes (flagging 33 / 48 / 60).
-    The same model trained with another seed (worse geometry): 43 worse without the check, 2 with.
-    With the polish weight 1.0, 0.10 instead of 0.15 on three models (RGB seeds 42 and 1, RGB-D):
-    the same successes (35.4 / 21.9 / 55.2 %) and 27 silent failures instead of 12. Since the levels
-    align intensity too (``RefineConfig.level_intensity``), 0.15 -> 0.2 on those three models: 65.6 /
-    51.0 / 82.3 -> 63.5 / 51.0 / 82.3 % and 16 -> 12 silent failures (0 -> 0.05 -> 0.15 on seed 42:
-    54.2 / 54.2 / 53.1 %, 19 / 14 / 2 with window 5)."""
+    learned features, agrees with the query clearly better there than at the initial pose: its robust
+    cost must fall by at least this share (0 to 1; 0: no check). Wrong minima of the learned cost lower
+    the features' part of it but not the intensity's. Lower it to flag fewer queries, at the risk of
+    leaving wrong refinements unflagged."""
 
     @property
     def rendered_window(self) -> Tuple[int, int]:
@@ -169,72 +130,37 @@ class RefineConfig:
     """features: feature-metric LM (the method); photometric: the same solver on RGB;
     render-compare: gradient descent through the renderer on features (iNeRF-style)."""
     render_strides: Tuple[int, ...] = (8, 4, 2)
-    """Stride of the rendered grid for each encoder level, coarse to fine (pixels of the query). With
-    intensity in the levels, (8, 4, 4) -> (8, 4, 2) on 96 graded queries (recall at 5 cm / 5 deg,
-    worse unflagged, s per query): RGB seed 42 63.5 -> 71.9 %, 2 -> 2, 0.93 -> 1.20 s; seed 1
-    51.0 -> 53.1 %, 8 -> 5; RGB-D 82.3 -> 90.6 %, 2 -> 2; the photometric mode on seed 42
-    24.0 -> 28.1 %, 0.51 -> 0.95 s. With features alone it lost (below)."""
+    """Stride of the rendered grid for each encoder level, coarse to fine, in query pixels; one per
+    encoder level. Larger strides are faster and coarser."""
     renders_per_level: int = 1
-    """Renders (each followed by an LM run) per level. More let visibility follow the pose within a
-    level; since the settling steps (``compare_steps``) re-render at the end, the second no longer
-    pays: 2 -> 1 with three steps, interleaved in one process on 96 graded queries (nifr-small 6000
-    iterations, RGB): median 0.94 -> 0.98 cm, 0.215 -> 0.208 deg, within 5 cm / 5 deg 93.8 -> 92.7 %,
-    within 1 cm / 1 deg 55.2 -> 51.0 %, 3.34 -> 2.90 s per query (a slow hour); an earlier model of the
-    same command 0.90 -> 0.88 cm, 0.207 -> 0.189 deg, 89.6 -> 88.5 %. On the benchmark's 24 queries
-    1.00 -> 1.17 cm and 0.88 -> 0.85 cm on the two models: within the spread of a median of 24. Earlier,
-    features alone in the levels, 2 -> 3: recall 33.3 -> 35.4 %, 1.00 -> 1.23 s per query."""
+    """Renders (each followed by a solve) per level. More let visibility follow the pose within a
+    level; the settling steps (``compare_steps``) re-render at the end, so one is usually enough."""
     min_accumulation: float = 0.9
     """Rendered pixels less opaque than this are not lifted."""
     max_depth_spread: Optional[float] = None
     """Rendered pixels whose rays end less sharply than this (the weights' spread along the ray
-    relative to its depth: ``model.depth_spread``) are not lifted: their depth is uncertain; the
-    sharper half of the opaque pixels always is (so a model diffuse everywhere is still refined). None:
-    0.1 for a model whose geometry comes from RGB alone, off for one trained with sensor depth
-    (``depth_loss_mult`` > 0). Measured with ``ns-nifr-refine`` on 96 graded queries, recall at
-    5 cm / 5 deg and median, off -> 0.1: RGB seed 42 28.1 -> 38.5 %, 10.9 -> 8.1 cm (0.05 / 0.075 /
-    0.15 / 0.2: 30.2 / 33.3 / 35.4 / 32.3 %; 0.1 with the half kept: 38.5 %, 7.0 cm); RGB seed 1
-    16.7 -> 21.9 %, 15.6 -> 13.3 cm (the same with the half kept); with sensor
-    depth (0.2) seed 42 57.3 -> 49.0 %, seed 1 37.5 -> 36.5 %. Why: held-out views, median depth error
-    of the 10 % most diffuse rays against the rest, RGB 9.1 % vs 1-6 %; with sensor depth, 0.8 % vs
-    0.3-0.4 %: there even diffuse rays' depth is good, and dropping them only loses constraints."""
+    relative to its depth: ``model.depth_spread``) are not lifted: their depth is uncertain; the sharper
+    half of the opaque pixels always is (so a model diffuse everywhere is still refined). None: 0.1 for
+    a model whose geometry comes from RGB alone, off for one trained with sensor depth
+    (``depth_loss_mult`` > 0), where even diffuse rays' depth is good."""
     level_intensity: float = 1.0
     """features mode: weight of locally normalised intensity (:func:`normalized_log_rgb`, the polish
     stage's window) beside each level's features, against their unit norm; both sides pooled at the
-    level's render stride, so they are normalised over the same neighbourhood (0: features alone).
-    The features' cost has minima centimetres off the true pose; the intensity's, which owes nothing
-    to how well the features generalise, does not. Measured with ``ns-nifr-refine`` on 96 graded
-    queries (initial errors 10-30 cm / 4-8 deg), recall at 5 cm / 5 deg, median, worse unflagged,
-    window 9, required intensity gain 0.2, 0 -> 1: RGB seed 42 35.4 -> 63.5 %, 10.4 -> 3.2 cm, 2 -> 2;
-    seed 1 21.9 -> 51.0 %, 14.5 -> 4.8 cm, 6 -> 8; RGB-D 55.2 -> 82.3 %, 3.9 -> 1.7 cm, 4 -> 2; per
-    query 0.9-1.1 s either way. Weights 0.5 / 1 / 2 / 4 with window 5 on seed 42: 50.0 / 53.1 / 57.3
-    / 47.9 %; 2 with window 9: seed 42 58.3 %, seed 1 44.8 %."""
+    level's render stride (0: features alone). The features' cost has minima centimetres off the true
+    pose; the intensity's does not, but it cannot follow a moved light or shadow."""
     lm: LMConfig = field(default_factory=LMConfig)
     """The Levenberg-Marquardt solver."""
     search_deg: float = 8.0
     """Before the solver, the coarsest level's cost is evaluated at the initial pose turned by up to
-    this many degrees about the camera's x and y axes (a grid, no re-rendering: the lifted points
-    stay), and the solver starts from the lowest (0: off). A turn of a few degrees moves the whole
-    image by several coarse cells, beyond where the solver's linearisation holds, while the cost
-    of a grid of turns is cheap. Measured with ``ns-nifr-refine`` on 96 graded queries (initial
-    errors 10-30 cm / 4-8 deg), recall at 5 cm / 5 deg, median, worse unflagged, off -> 8 deg:
-    nifr-small seed 42 31.2 -> 28.1 %, 12.5 -> 10.9 cm, 3 -> 4; seed 1 15.6 -> 16.7 %,
-    16.5 -> 15.6 cm, 6 -> 4; with sensor depth (0.2) seed 42 42.7 -> 57.3 %, 7.3 -> 3.7 cm,
-    3 -> 6; seed 1 34.4 -> 37.5 %, 11.6 -> 10.4 cm, 3 -> 1; per query 1.72 s with, 1.68 s without
-    (``benchmarks/reproduce.py``, RGB model)."""
+    this many degrees about the camera's x and y axes (a grid, no re-rendering), and the solver starts
+    from the lowest (0: off). A turn of a few degrees moves the whole image beyond the solver's reach;
+    raise it for initial poses known to be turned further."""
     search_step_deg: float = 2.0
     """Spacing of that grid (81 turns with the default range)."""
     first_level: Optional[int] = None
     """The solver runs from this encoder level on, coarse to fine (0: from the coarsest); the levels
-    before it only choose the turn (``search_deg``). None: 1 with several ``starts``, 0 with one. The
-    coarsest level (a 20x15 grid at 160x120) widens a single start's reach but has minima 10-20 cm off
-    the true pose, and with several starts, which already cover that reach, it took starts that the next
-    levels would have brought home. Interleaved in one process on 96 graded queries (initial errors
-    10-30 cm / 4-8 deg, nifr-small 6000 iterations, 2 CPU cores), 0 -> 1 with five starts: RGB model
-    within 5 cm / 5 deg 94.8 -> 97.9 %, within 2 cm / 2 deg 89.6 -> 92.7 %, within 1 cm / 1 deg 63.5 ->
-    66.7 %, median 0.81 -> 0.83 cm, 0.194 -> 0.189 deg, worse unflagged 1 -> 0, 2.01 -> 1.91 s per query;
-    RGB-D model 95.8 -> 96.9 %, 92.7 -> 92.7 %, 70.8 -> 67.7 %, 0.65 -> 0.69 cm, 0.133 -> 0.142 deg,
-    1 -> 0, 1.98 -> 1.92 s. With one start (RGB model) it lost: 91.7 -> 88.5 %, 84.4 -> 79.2 %,
-    61.5 -> 53.1 %, 0.82 -> 0.91 cm, worse unflagged 2 -> 3, 1.59 -> 1.53 s."""
+    before it only choose the turn (``search_deg``). None: 1 with several ``starts`` (which already
+    cover the coarsest level's reach, and its cost has minima off the true pose), 0 with one."""
     polish: PolishConfig = field(default_factory=PolishConfig)
     """features mode: the last stage, features with normalised intensity."""
     restart_distance: float = 0.04
@@ -245,37 +171,18 @@ class RefineConfig:
     as on a facade 20 m away. The restarts are judged against the initial pose as the first refinement
     was."""
     starts: int = 5
-    """The coarse levels (from ``first_level``) run from this many starts, the first the initial pose
-    after the turn search (``search_deg``), the others it moved ``restart_distance`` along and against
-    the camera's x, then y axis (at most 5; one when ``restart_distance`` is 0); the one whose cost on the last coarse
-    level, rendered at its pose, is lowest goes on to the finest level and the polish stage
-    (:meth:`PoseRefiner.best_of`). The starts go through the coarse levels together (one render pass
-    and one batched solve per step), and those render small grids, whose time is mostly per pass: five
-    starts cost about 0.45 s more than one on 2 CPU cores. From 10-30 cm the coarse levels end more
-    than 12 cm off for 8 of 48 graded queries, and the best of five starts for 2. Interleaved in one
-    process on 96 graded queries (nifr-small 6000 iterations, RGB, 2 CPU cores), 1 -> 5: within
-    5 cm / 5 deg 91.7 -> 95.8 %, within 2 cm / 2 deg 83.3 -> 84.4 %, within 1 cm / 1 deg 53.1 -> 56.2 %,
-    median 0.87 -> 0.88 cm, 0.187 -> 0.199 deg, worse unflagged 2 -> 0, 1.54 -> 1.99 s per query (before
-    the starts were batched: 1.94 -> 2.81 s, a slow hour; all with ``first_level`` 0). Choosing the best
-    start after the first level instead of the last coarse one: 93.8 %, 1.66 s. Judging the starts by
-    the polish stage's cost, each rendered at stride 2 (96 graded queries, ``first_level`` 0): 94.8 ->
-    95.8 %, 1.97 -> 2.43 s; by that cost at stride 4 on the same render as now: 94.8 %."""
+    """The coarse levels (from ``first_level``) run from this many starts (1 to 5): the initial pose
+    after the turn search, and it moved ``restart_distance`` along and against the camera's x, then y
+    axis (one when ``restart_distance`` is 0); the one whose cost on the last coarse level is lowest
+    goes on to the finest level and the polish stage (:meth:`PoseRefiner.best_of`). The starts are
+    rendered and solved together; 1 is faster where the initial poses are good."""
     compare_steps: int = 3
     """Last (features and photometric modes), Gauss-Newton steps on the cost the poses are judged by,
     re-rendered at every step, whose Jacobian is the rendering's own image gradient
     (:func:`~nifr_ns.optimizer.render_step`); of the poses visited, the one of lowest cost is kept (0:
-    off). The solver's linearisation holds the lifted points fixed and moves the query, so it ends
-    where those points match best, about a centimetre from where renders match the query best: the
-    model's renders are not a rigid warp of one another. Measured on the benchmark's 24 graded
-    queries (initial errors 10-30 cm / 4-8 deg, nifr-small 6000 iterations, RGB, judge stride 2),
-    0 / 1 / 2 / 3 / 4 steps: median 1.14 / 1.00 / 0.94 / 0.84 / 0.82 cm, 0.297 / 0.278 / 0.265 / 0.212
-    / 0.212 deg, within 1 cm / 1 deg 45.8 / 50.0 / 54.2 / 58.3 / 58.3 %; from the ground truth three
-    steps end 0.49 cm away (median, 12 queries). Each step renders once at the judge's stride (about
-    0.17 s at 80x60 on 2 CPU cores). Steps at stride 4 made it worse (1.14 -> 1.72 cm after three).
-    As implemented (the poses compared by the judge's own cost), off -> 3, interleaved in one process:
-    the 24 queries 1.14 -> 0.88 cm, 0.297 -> 0.237 deg, 2.24 -> 2.93 s per query; 96 graded queries
-    1.38 -> 0.90 cm, 0.272 -> 0.207 deg, within 2 cm / 2 deg 76.0 -> 84.4 %, within 5 cm / 5 deg
-    90.6 -> 89.6 %, worse unflagged 2 -> 3."""
+    off). The solver holds the lifted points fixed, so it ends where those points match best, about a
+    centimetre from where the model's renders match the query best. Each step is one render at the
+    judge's stride."""
     max_translation: float = 0.5
     """A refinement that moves the camera further than this share of the median depth the initial pose
     sees is flagged and the initial pose kept: with poor features the cost can be lowest at a pose that
