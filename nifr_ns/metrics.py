@@ -11,7 +11,7 @@ Markdown and cumulative-error PNGs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -77,13 +77,28 @@ def pose_metrics(
     return out
 
 
-def metrics_table(rows: Dict[str, Dict[str, float]], title: str, extra: Sequence[str] = ()) -> Table:
-    """A rich table, one row per method (the keys of ``rows``), the pose metrics as columns."""
+COMPACT_COLUMNS = {
+    "median_trans": "median\ntrans.",
+    "median_rot": "median\nrot.",
+    "recall 5cm/5°": "recall\n5cm/5°",
+    "failures": "fail-\nures",
+    "worse_unflagged": "worse\nunflag.",
+    "time_mean_s": "s per\nquery",
+}
+"""The columns a narrow terminal shows, with their two-line headers."""
+
+
+def metrics_table(rows: Dict[str, Dict[str, float]], title: str, width: Optional[int] = None) -> Table:
+    """A rich table, one row per method (the keys of ``rows``), the pose metrics as columns; below
+    ``width`` 120 (a terminal's columns), only :data:`COMPACT_COLUMNS`, so that it reads at 80."""
     table = Table(title=title)
-    table.add_column("method", style="bold")
+    table.add_column("method", style="bold", no_wrap=True)
     columns = metric_columns(rows)
+    if width is not None and width < 120:
+        columns = [c for c in COMPACT_COLUMNS if c in columns]
     for column in columns:
-        table.add_column(column, justify="right")
+        header = COMPACT_COLUMNS.get(column, column) if width is not None and width < 120 else column
+        table.add_column(header, justify="right", overflow="fold")
     for name, metrics in rows.items():
         table.add_row(name, *(format_metric(c, metrics.get(c, float("nan"))) for c in columns))
     return table

@@ -51,6 +51,50 @@ class QuerySet:
         return all(q.T_cw_gt is not None for q in self.queries)
 
 
+@dataclass
+class QueryFiles:
+    """Where a command's queries come from: pose files, or a benchmark dataset's split. ns-nifr-refine
+    and ns-nifr-bench share it, so they take the same flags and make the same checks."""
+
+    queries: Optional[Path] = None
+    """Query poses (the initial poses): a transforms-style .json, or hloc text `name qw qx qy qz tx ty tz`
+    (needs --intrinsics). With --dataset: hloc text whose names are the split's."""
+    dataset: Optional[Literal["cambridge", "sevenscenes"]] = None
+    """Take the query images, intrinsics and ground truth from this benchmark's --split (as the model's
+    cambridge-data / sevenscenes-data dataparser reads it); errors are in metres and degrees."""
+    data: Optional[Path] = None
+    """--dataset: the scene folder; default: the one the model was trained on."""
+    split: Literal["train", "test"] = "test"
+    """--dataset: the split whose images are the queries."""
+    intrinsics: Optional[Path] = None
+    """hloc/COLMAP intrinsics file `name MODEL w h params...` for hloc-form poses."""
+    ground_truth: Optional[Path] = None
+    """Ground-truth poses of the queries, either form: enables the metrics."""
+    ground_truth_intrinsics: Optional[Path] = None
+    """Intrinsics for hloc-form ground truth; default: --intrinsics."""
+    image_root: Optional[Path] = None
+    """Folder the image names are relative to; default: the queries file's folder."""
+    max_queries: Optional[int] = None
+    """Only the first N queries (of each scene with --suite)."""
+
+    def load(self, load_config: Path, need_poses: bool = True, need_ground_truth: bool = False) -> QuerySet:
+        """The checked query set; ``need_poses``: the initial poses must come from --queries (not the
+        split's ground truth). Raises QueryError or pose_io.PoseFileError, naming the file and line."""
+        if self.dataset is not None:
+            from nifr_ns.dataparsers import benchmark_split
+
+            if self.queries is None and need_poses:
+                raise QueryError("--dataset needs --queries here (the initial poses, hloc text)")
+            split = benchmark_split(self.dataset, self.split, self.data, load_config)
+            return load_split_query_set(split, self.queries, self.max_queries)
+        missing = [flag for flag, value in (("--queries", self.queries), ("--ground-truth", self.ground_truth))
+                   if value is None and (flag == "--queries" or need_ground_truth)]  # fmt: skip
+        if missing:
+            raise QueryError(f"{' and '.join(missing)} needed (or a benchmark split with --dataset)")
+        return load_query_set(self.queries, self.intrinsics, self.ground_truth, self.ground_truth_intrinsics,
+                              self.image_root, self.max_queries)  # fmt: skip
+
+
 def load_query_set(
     queries: Path,
     intrinsics: Optional[Path] = None,

@@ -4,13 +4,15 @@ per-grade tables and the convergence-basin sweep."""
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nifr_ns.benchmark import Harness, HarnessConfig, PeakMemory
-from nifr_ns.queries import load_query_set
+from nifr_ns.queries import QueryFiles, load_query_set
 from nifr_ns.refinement import RefineConfig
 from nifr_ns.scripts.bench import DEFAULT_METHODS, BenchCommand, main, query_grades
 
@@ -19,8 +21,8 @@ def test_bench_runs_every_method_with_a_sweep_and_writes_tables(trained_tiny: Pa
     q = tiny_scene.out / "queries"
     out = tmp_path / "bench"
     levels = ((0.02, 1.0), (0.3, 10.0))
-    doc = main(BenchCommand(load_config=trained_tiny, queries=q / "init.json", ground_truth=q / "gt.json",
-                            output=out, max_queries=2, sweep=True, sweep_levels=levels))  # fmt: skip
+    source = QueryFiles(q / "init.json", ground_truth=q / "gt.json", max_queries=2)
+    doc = main(BenchCommand(load_config=trained_tiny, source=source, output=out, sweep=True, sweep_levels=levels))
     assert list(doc["methods"]) == list(DEFAULT_METHODS)
     assert json.loads((out / "results.json").read_text()) == doc
     for method, row in doc["methods"].items():
@@ -55,7 +57,7 @@ def test_methods_run_in_eval_mode_whatever_mode_the_pipeline_was_left_in(trained
     """nerfstudio's get_average_eval_image_metrics ends in training mode (encoder augmentation,
     sampler jitter); the bench calls it before the methods, which must not see that mode."""
     from nifr_ns.pipeline import load_pipeline
-    from nifr_ns.queries import load_query_set
+    from nifr_ns.queries import QueryFiles, load_query_set
     from nifr_ns.scripts.refine import model_transform
 
     q = tiny_scene.out / "queries"
@@ -123,3 +125,54 @@ def test_the_suite_bench_trains_missing_models_and_pools_tables_per_scene_and_gr
     again = main(BenchCommand(output=tmp_path / "again", suite=suite, models=models, scenes=("room",), methods=methods))
     assert again["scenes"]["room"]["train_minutes"] is None
     assert again["scenes"]["room"]["model"] == doc["scenes"]["room"]["model"]
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [("missing image", "not found at"), ("bad quaternion", "init.txt:2"), ("no ground truth", "--ground-truth needed")],
+)
+def test_bad_queries_stop_the_bench_in_one_line_as_they_stop_refine(trained_tiny, tiny_scene, tmp_path, capsys, monkeypatch, case, expected) -> None:
+    """ns-nifr-bench reads queries through the same path as ns-nifr-refine: the same checks, one line
+    naming the file, exit 2, nothing written; --image-root finds images kept elsewhere."""
+    from nifr_ns.scripts import bench
+
+    q = tmp_path / "queries"
+    shutil.copytree(tiny_scene.out / "queries", q)
+    (tmp_path / "photos").mkdir()
+    shutil.move(q / "images", tmp_path / "photos" / "images")
+    args = ["--load-config", str(trained_tiny), "--queries", str(q / "init.txt"), "--intrinsics", str(q / "intrinsics.txt"),
+            "--ground-truth", str(q / "gt.txt"), "--image-root", str(tmp_path / "photos"), "--output", str(tmp_path / "out")]  # fmt: skip
+    if case == "missing image":
+        (tmp_path / "photos" / "images" / "query_0001.png").unlink()
+    elif case == "bad quaternion":
+        lines = (q / "init.txt").read_text().splitlines()
+        first = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+        lines[first] = " ".join([lines[first].split()[0], "2", "0", "0", "0", *lines[first].split()[5:]])
+        (q / "init.txt").write_text("\n".join(lines) + "\n")
+    else:
+        args = args[:6] + args[8:]
+    monkeypatch.setattr(sys, "argv", ["ns-nifr-bench", *args])
+    with pytest.raises(SystemExit) as exit_code:
+        bench.entrypoint()
+    printed = capsys.readouterr().out
+    assert exit_code.value.code == 2 and expected in printed and "Traceback" not in printed, printed
+    assert len(printed.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_tables_read_in_an_80_column_terminal() -> None:
+    """At 80 columns the console tables keep their headers whole (the compact columns); wider, every metric."""
+    from rich.console import Console
+
+    from nifr_ns.metrics import metrics_table, pose_metrics
+
+    errors = np.array([0.01, 0.03, 0.2]), np.array([0.5, 1.0, 6.0])
+    row = {**pose_metrics(*errors), "failures": 1.0, "worse_unflagged": 0.0, "time_mean_s": 1.5}
+    rows = {"nifr": row, "nifr 1 start": row, "structure+nifr": row}
+    texts = {}
+    for width in (80, 160):
+        console = Console(width=width, record=True, force_terminal=False)
+        console.print(metrics_table(rows, "3 queries", width))
+        texts[width] = console.export_text()
+        assert "…" not in texts[width] and max(len(line) for line in texts[width].splitlines()) <= width, texts[width]
+        assert "5cm/5°" in texts[width] and "structure+nifr" in texts[width]
+    assert "2cm/2°" in texts[160] and "2cm/2°" not in texts[80]

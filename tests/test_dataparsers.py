@@ -25,6 +25,7 @@ from nifr_ns.dataparsers import (
 )
 from nifr_ns.geometry import camera_center, invert_pose, matrix_to_quaternion, perturb_pose
 from nifr_ns.pose_io import DataparserTransform, PoseFileError, PoseSet, write_hloc
+from nifr_ns.queries import QueryFiles
 
 from conftest import tiny_training_config
 
@@ -338,8 +339,8 @@ def test_refine_takes_a_dataset_split_and_reports_metric_errors(trained_cambridg
     init = test.with_poses({im.name: perturb_pose(im.T_cw, 4.0, 0.3, rng) for im in test})
     write_hloc(init, tmp_path / "init.txt")  # names as in the split, no intrinsics file
     out = tmp_path / "out"
-    command = RefineCommand(load_config=trained_cambridge, output=out, queries=tmp_path / "init.txt",
-                            dataset="cambridge", max_queries=2, figures=0)
+    source = QueryFiles(tmp_path / "init.txt", dataset="cambridge", max_queries=2)
+    command = RefineCommand(load_config=trained_cambridge, output=out, source=source, figures=0)
     assert main(command) == 0
     report = json.loads((out / "report.json").read_text())
     assert [q["name"] for q in report["queries"]] == test.names[:2]
@@ -353,7 +354,7 @@ def test_refine_takes_a_dataset_split_and_reports_metric_errors(trained_cambridg
 
     # a name outside the split is refused with file and line, and nothing is written
     (tmp_path / "bad.txt").write_text((tmp_path / "init.txt").read_text().replace("seq3/frame00002", "seq9/frame00002"))
-    command = RefineCommand(load_config=trained_cambridge, output=tmp_path / "bad", queries=tmp_path / "bad.txt",
-                            dataset="cambridge", data=cambridge)
+    source = QueryFiles(tmp_path / "bad.txt", dataset="cambridge", data=cambridge)
+    command = RefineCommand(load_config=trained_cambridge, output=tmp_path / "bad", source=source)
     assert main(command) == 2
     assert "bad.txt:3" in capsys.readouterr().out and not (tmp_path / "bad").exists()

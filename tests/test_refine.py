@@ -17,7 +17,7 @@ from nifr_ns.geometry import depth_map_to_world, invert_pose, pose_errors, se3_e
 from nifr_ns.optimizer import LMConfig
 from nifr_ns.pipeline import load_pipeline
 from nifr_ns.pose_io import Intrinsics
-from nifr_ns.queries import load_query_set, perturbed_poses
+from nifr_ns.queries import QueryFiles, load_query_set, perturbed_poses
 from nifr_ns.refinement import PolishConfig, PoseRefiner, RefineConfig, Rendering, normalized_log_rgb
 from nifr_ns.scripts.refine import RefineCommand, main, model_transform
 from nifr_ns.synth import SynthConfig, generate_scene, render_view
@@ -479,8 +479,8 @@ def test_settling_steps_bring_a_pose_near_the_truth_onto_it_and_never_raise_the_
 def test_cli_writes_poses_report_metrics_and_figures(trained_tiny, tiny_scene, tmp_path: Path) -> None:
     q = tiny_scene.out / "queries"
     out = tmp_path / "out"
-    cmd = RefineCommand(load_config=trained_tiny, queries=q / "init.txt", intrinsics=q / "intrinsics.txt",
-                        ground_truth=q / "gt.txt", output=out, max_queries=2, figures=1)
+    source = QueryFiles(q / "init.txt", intrinsics=q / "intrinsics.txt", ground_truth=q / "gt.txt", max_queries=2)
+    cmd = RefineCommand(load_config=trained_tiny, source=source, output=out, figures=1)
     assert main(cmd) == 0
     assert {"poses.txt", "intrinsics.txt", "report.json", "metrics.md", "errors.png"} <= {p.name for p in out.iterdir()}
     assert len(list(out.glob("images_query_*.png"))) == 1  # the whole name: no clash across folders
@@ -492,8 +492,8 @@ def test_cli_writes_poses_report_metrics_and_figures(trained_tiny, tiny_scene, t
 def test_cli_writes_transforms_form_for_transforms_queries(trained_tiny, tiny_scene, tmp_path: Path) -> None:
     q = tiny_scene.out / "queries"
     out = tmp_path / "out"
-    cmd = RefineCommand(load_config=trained_tiny, queries=q / "init.json", ground_truth=q / "gt.json", output=out,
-                        max_queries=1, figures=0)
+    source = QueryFiles(q / "init.json", ground_truth=q / "gt.json", max_queries=1)
+    cmd = RefineCommand(load_config=trained_tiny, source=source, output=out, figures=0)
     assert main(cmd) == 0
     assert json.loads((out / "poses.json").read_text())["frames"][0]["file_path"] == "images/query_0000.png"
 
@@ -519,7 +519,7 @@ def copy_queries(tiny_scene, tmp_path: Path) -> Path:
 )
 def test_bad_input_gives_a_clear_error_and_writes_nothing(trained_tiny, tiny_scene, tmp_path, capsys, case, expected) -> None:
     q = copy_queries(tiny_scene, tmp_path)
-    kwargs = dict(queries=q / "init.txt", intrinsics=q / "intrinsics.txt", ground_truth=q / "gt.txt")
+    files, kwargs = dict(queries=q / "init.txt", intrinsics=q / "intrinsics.txt", ground_truth=q / "gt.txt"), {}
     config = trained_tiny
     if case == "missing image":
         (q / "images" / "query_0001.png").unlink()
@@ -534,7 +534,7 @@ def test_bad_input_gives_a_clear_error_and_writes_nothing(trained_tiny, tiny_sce
         lines[first] = " ".join(fields)
         (q / "init.txt").write_text("\n".join(lines) + "\n")
     elif case == "no intrinsics":
-        kwargs["intrinsics"] = None
+        files["intrinsics"] = None
     elif case == "wrong image size":
         from PIL import Image
 
@@ -550,7 +550,7 @@ def test_bad_input_gives_a_clear_error_and_writes_nothing(trained_tiny, tiny_sce
     elif case == "a first level the model does not have":
         kwargs["refine"] = RefineConfig(first_level=3)
     out = tmp_path / "out"
-    assert main(RefineCommand(load_config=config, output=out, **kwargs)) == 2
+    assert main(RefineCommand(load_config=config, output=out, source=QueryFiles(**files), **kwargs)) == 2
     assert expected in capsys.readouterr().out
     assert not out.exists()
 

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from rich.table import Table
 
 from nifr_ns.benchmark import ALL_METHODS, USES_INITIAL_POSE, HarnessConfig, Method
 from nifr_ns.metrics import DEFAULT_THRESHOLDS, threshold_label
+from nifr_ns.queries import QueryFiles
 
 CONSOLE = Console()
 DEFAULT_METHODS: Tuple[Method, ...] = tuple(m for m in ALL_METHODS if m != "nifr render-compare")
@@ -43,12 +44,8 @@ class BenchCommand:
     such folder per scene below it and the suite's tables in it."""
     load_config: Optional[Path] = None
     """config.yml of a trained nifr model (not with --suite)."""
-    queries: Optional[Path] = None
-    """Query poses (the initial poses), either form (not with --suite)."""
-    ground_truth: Optional[Path] = None
-    """Ground-truth poses of the queries, either form (not with --suite)."""
-    intrinsics: Optional[Path] = None
-    """Intrinsics file for hloc-form queries and ground truth."""
+    source: Annotated[QueryFiles, tyro.conf.OmitArgPrefixes] = field(default_factory=QueryFiles)
+    """The queries, with ground truth (not with --suite)."""
     suite: Optional[Path] = None
     """A scene suite written by ns-nifr-synth --suite: each scene's queries are benchmarked against
     that scene's model (--models)."""
@@ -66,8 +63,6 @@ class BenchCommand:
     harness: HarnessConfig = field(default_factory=HarnessConfig)
     thresholds: Tuple[Tuple[float, float], ...] = DEFAULT_THRESHOLDS
     """Recall thresholds as (translation, degrees) pairs."""
-    max_queries: Optional[int] = None
-    """Use only the first N queries (of each scene with --suite)."""
     scene_json: Optional[Path] = None
     """scene.json of an ns-nifr-synth scene, for the per-grade tables; default: found beside the queries."""
     sweep: bool = False
@@ -85,9 +80,8 @@ def main(command: BenchCommand) -> Dict:
     """Runs the benchmark; returns the results document (also written to results.json)."""
     if command.suite is not None:
         return run_suite(command)
-    missing = [f"--{k.replace('_', '-')}" for k in ("load_config", "queries", "ground_truth") if getattr(command, k) is None]
-    if missing:
-        raise ValueError(f"{', '.join(missing)} needed (or a scene suite with --suite)")
+    if command.load_config is None:
+        raise ValueError("--load-config needed (or a scene suite with --suite)")
     return bench_model(command)
 
 
@@ -96,11 +90,9 @@ def bench_model(command: BenchCommand, extra: Optional[Dict] = None) -> Dict:
     from nifr_ns.benchmark import Harness, run_method, summarize
     from nifr_ns.metrics import cumulative_error_plot, metrics_table
     from nifr_ns.pipeline import load_pipeline
-    from nifr_ns.queries import load_query_set
     from nifr_ns.scripts.refine import model_transform
 
-    query_set = load_query_set(command.queries, command.intrinsics, command.ground_truth, command.intrinsics,
-                               limit=command.max_queries)  # fmt: skip
+    query_set = command.source.load(command.load_config, need_ground_truth=True)
     queries = query_set.queries
     with CONSOLE.status("Loading the model"):
         config, pipeline = load_pipeline(command.load_config, test_mode="val")
@@ -119,7 +111,8 @@ def bench_model(command: BenchCommand, extra: Optional[Dict] = None) -> Dict:
     render_ms = [before, render_milliseconds(harness, queries[0])[0]]
     correct = command.sweep_success
     rows = {m: run.row(names, gt, inits, command.thresholds, correct) for m, run in runs.items()}
-    grades = query_grades(command.scene_json or find_scene_json(command.queries), names)
+    scene_json = command.scene_json or (find_scene_json(command.source.queries) if command.source.queries else None)
+    grades = query_grades(scene_json, names)
     records = {m: [{**r, "grade": grades[r["name"]]} for r in run.records(names, gt, inits)] for m, run in runs.items()}
     by_grade = {
         grade: {m: summarize([r for r in rs if r["grade"] == grade], command.thresholds, correct) for m, rs in records.items()}
@@ -131,9 +124,9 @@ def bench_model(command: BenchCommand, extra: Optional[Dict] = None) -> Dict:
     command.output.mkdir(parents=True, exist_ok=True)
     device = str(harness.refiners["features"].device)
     title = f"{len(queries)} queries, {config.method_name}, {machine(device)}"
-    CONSOLE.print(metrics_table(rows, title))
+    CONSOLE.print(metrics_table(rows, title, CONSOLE.width))
     for grade, grade_rows in by_grade.items():
-        CONSOLE.print(metrics_table(grade_rows, f"grade: {grade} ({int(next(iter(grade_rows.values()))['count'])} queries)"))
+        CONSOLE.print(metrics_table(grade_rows, f"grade: {grade} ({int(next(iter(grade_rows.values()))['count'])} queries)", CONSOLE.width))
     CONSOLE.print("feature quality: " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()))
     CONSOLE.print("map preparation (not in the per-query times): "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in harness.map_seconds.items()))  # fmt: skip
@@ -182,9 +175,10 @@ def run_suite(command: BenchCommand) -> Dict:
         if config_path is None:
             config_path, train_minutes = train_model(command.suite / scene, models, command.preset, command.iterations)
         q = command.suite / scene / "queries"
-        one = replace(command, suite=None, load_config=config_path, queries=q / "init.txt", ground_truth=q / "gt.txt",
-                      intrinsics=q / "intrinsics.txt", output=command.output / scene, scene_json=command.suite / scene / "scene.json",
-                      sweep=False)  # fmt: skip
+        source = QueryFiles(queries=q / "init.txt", ground_truth=q / "gt.txt", intrinsics=q / "intrinsics.txt",
+                            max_queries=command.source.max_queries)
+        one = replace(command, suite=None, load_config=config_path, source=source, output=command.output / scene,
+                      scene_json=command.suite / scene / "scene.json", sweep=False)  # fmt: skip
         CONSOLE.rule(f"scene {scene}")
         scenes[scene] = bench_model(one, {"scene": scene, "train_minutes": train_minutes})
 
@@ -207,7 +201,7 @@ def run_suite(command: BenchCommand) -> Dict:
     title = f"suite: {len(scenes)} scenes, {len(pooled_records[command.methods[0]])} queries, {doc['machine']}"
     CONSOLE.rule("scene suite")
     CONSOLE.print(overview_table(doc, "nifr" if "nifr" in command.methods else command.methods[0]))
-    CONSOLE.print(metrics_table(doc["methods"], f"{title}, pooled"))
+    CONSOLE.print(metrics_table(doc["methods"], f"{title}, pooled", CONSOLE.width))
     (command.output / "results.json").write_text(json.dumps(doc, indent=2))
     (command.output / "results.md").write_text(suite_markdown(doc, title))
     return doc

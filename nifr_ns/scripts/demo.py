@@ -60,6 +60,7 @@ def main(command: DemoCommand) -> Path:
         _, pipeline = load_pipeline(config_path, test_mode="val")
         metrics = pipeline.get_average_eval_image_metrics()
 
+    from nifr_ns.queries import QueryFiles
     from nifr_ns.scripts.refine import RefineCommand
     from nifr_ns.scripts.refine import main as refine
 
@@ -67,9 +68,7 @@ def main(command: DemoCommand) -> Path:
     refine(
         RefineCommand(
             load_config=config_path,
-            queries=queries / "init.txt",
-            intrinsics=queries / "intrinsics.txt",
-            ground_truth=queries / "gt.txt",
+            source=QueryFiles(queries / "init.txt", intrinsics=queries / "intrinsics.txt", ground_truth=queries / "gt.txt"),
             output=command.output / "refine",
             overwrite=True,
         )

@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Dict, List, Tuple
 
 import numpy as np
 import tyro
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nifr_ns.metrics import DEFAULT_THRESHOLDS
-from nifr_ns.queries import InitMode
+from nifr_ns.queries import InitMode, QueryFiles
 from nifr_ns.refinement import RefineConfig
 
 CONSOLE = Console()
@@ -30,25 +30,8 @@ class RefineCommand:
     """config.yml of a trained nifr model (from ns-train nifr / nifr-small)."""
     output: Path
     """Folder for the results; must be new or empty unless --overwrite."""
-    queries: Optional[Path] = None
-    """Query poses: a transforms-style .json, or hloc text `name qw qx qy qz tx ty tz` (needs --intrinsics).
-    With --dataset: the initial poses of the split's images, hloc text, names as in the split
-    (optional with --init perturb or retrieval)."""
-    dataset: Optional[Literal["cambridge", "sevenscenes"]] = None
-    """Take the query images, intrinsics and ground truth from this benchmark's --split (read as the
-    model's cambridge-data / sevenscenes-data dataparser read it); errors are in metres and degrees."""
-    data: Optional[Path] = None
-    """--dataset: the scene folder; default: the one the model was trained on."""
-    split: Literal["train", "test"] = "test"
-    """--dataset: the split whose images are the queries."""
-    intrinsics: Optional[Path] = None
-    """hloc/COLMAP intrinsics file `name MODEL w h params...` for hloc-form queries."""
-    ground_truth: Optional[Path] = None
-    """Ground-truth poses of the queries, in either form: enables the metrics."""
-    ground_truth_intrinsics: Optional[Path] = None
-    """Intrinsics for hloc-form ground truth; defaults to --intrinsics."""
-    image_root: Optional[Path] = None
-    """Folder the image names are relative to; default: the queries file's folder."""
+    source: Annotated[QueryFiles, tyro.conf.OmitArgPrefixes] = field(default_factory=QueryFiles)
+    """The queries: pose files or a benchmark split."""
     init: InitMode = "file"
     """file: the poses in the queries file; retrieval: nearest training views by global descriptor;
     perturb: the ground truth moved by --rot-deg and --trans (benchmarks)."""
@@ -63,8 +46,6 @@ class RefineCommand:
     refine: RefineConfig = field(default_factory=RefineConfig)
     thresholds: Tuple[Tuple[float, float], ...] = DEFAULT_THRESHOLDS
     """Recall thresholds as (translation, degrees) pairs."""
-    max_queries: Optional[int] = None
-    """Refine only the first N queries."""
     figures: int = 4
     """Queries shown as PNG (query, its features, features rendered at the initial and refined poses)."""
     overwrite: bool = False
@@ -73,27 +54,15 @@ class RefineCommand:
 
 def main(command: RefineCommand) -> int:
     """Runs the command; returns the exit status (0 ok, 2 bad input)."""
-    from nifr_ns.dataparsers import benchmark_split
     from nifr_ns.pipeline import NotANifrModelError, load_pipeline
     from nifr_ns.pose_io import PoseFileError
-    from nifr_ns.queries import QueryError, load_query_set, load_split_query_set, perturbed_poses
+    from nifr_ns.queries import QueryError, perturbed_poses
     from nifr_ns.refinement import PoseRefiner, Retrieval
 
     try:
         if command.output.exists() and any(command.output.iterdir()) and not command.overwrite:
             raise QueryError(f"{command.output}: not empty (use --overwrite)")
-        if command.dataset is not None:
-            if command.queries is None and command.init == "file":
-                raise QueryError("--dataset with --init file needs --queries (the initial poses, hloc text)")
-            split = benchmark_split(command.dataset, command.split, command.data, command.load_config)
-            query_set = load_split_query_set(split, command.queries, command.max_queries)
-        elif command.queries is None:
-            raise QueryError("--queries is required (or name a benchmark with --dataset)")
-        else:
-            query_set = load_query_set(
-                command.queries, command.intrinsics, command.ground_truth, command.ground_truth_intrinsics,
-                command.image_root, command.max_queries,
-            )
+        query_set = command.source.load(command.load_config, need_poses=command.init == "file")
         inits: List[List[np.ndarray]] = [[q.T_cw_file] for q in query_set.queries]
         if command.init == "perturb":
             inits = [[T] for T in perturbed_poses(query_set, command.rot_deg, command.trans, command.seed)]
@@ -175,7 +144,7 @@ def write_outputs(command: RefineCommand, query_set, results, refiner) -> None:
             time_s=float(np.mean([r.seconds for r in results])),
         )
         report["metrics"] = rows
-        CONSOLE.print(metrics_table(rows, f"{len(results)} queries"))
+        CONSOLE.print(metrics_table(rows, f"{len(results)} queries", CONSOLE.width))
         (out / "metrics.md").write_text(metrics_markdown(rows))
         cumulative_error_plot({"initial": before, "refined": after}, out / "errors.png")
         write_figures(out, query_set, results, refiner, command.figures)
