@@ -1,4 +1,4 @@
-"""ns-nifr-synth: write a procedural scene (training views, graded queries, poses), or the suite of them."""
+"""ns-nifr-synth: write a procedural scene (training views, queries in grades, poses), or the suite of them."""
 
 from __future__ import annotations
 

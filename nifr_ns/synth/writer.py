@@ -1,4 +1,4 @@
-"""Writing a procedural scene, or the suite of them, to disk: training views, graded queries, poses.
+"""Writing a procedural scene, or the suite of them, to disk: training views, queries in grades, poses.
 
 Layout of one scene (:func:`generate_scene`)::
 
