@@ -94,11 +94,11 @@ def metrics_table(rows: Dict[str, Dict[str, float]], title: str, width: Optional
     table = Table(title=title)
     table.add_column("method", style="bold", no_wrap=True)
     columns = metric_columns(rows)
-    if width is not None and width < 120:
+    compact = width is not None and width < 120
+    if compact:
         columns = [c for c in COMPACT_COLUMNS if c in columns]
     for column in columns:
-        header = COMPACT_COLUMNS.get(column, column) if width is not None and width < 120 else column
-        table.add_column(header, justify="right", overflow="fold")
+        table.add_column(COMPACT_COLUMNS[column] if compact else column, justify="right", overflow="fold")
     for name, metrics in rows.items():
         table.add_row(name, *(format_metric(c, metrics.get(c, float("nan"))) for c in columns))
     return table

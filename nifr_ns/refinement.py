@@ -478,12 +478,13 @@ class PoseRefiner:
         K = torch.from_numpy(intrinsics.K()).to(self.device, torch.float64)
         hw = (intrinsics.height, intrinsics.width)
         T_init = self.to_nerfstudio(T_cw_init).to(self.device)
-        depth = self.view_depth(T_init, intrinsics)
+        coarsest = self.render(T_init, intrinsics, search.stride)  # for the scale and the turn search
+        depth = self.view_depth(T_init, intrinsics, coarsest)
         if self.config.mode == "render-compare":  # a fixed number of steps
             T = self.render_and_compare(stages[-1].fmap, intrinsics, T_init)  # the finest level: no polish
             iterations, converged = self.config.render_compare_steps, True
         elif self.several_starts:
-            T = self.search_start(T_init, search, intrinsics, K, hw)
+            T = self.search_start(T_init, search, intrinsics, K, hw, coarsest)
             starts = [T] + self.moved(T, depth)[: self.config.starts - 1]
             T, iterations, converged = self.best_of(starts, stages, judges[0], intrinsics, K, hw)
         else:
@@ -610,13 +611,21 @@ class PoseRefiner:
         return T, sum(iterations for _, iterations, _ in reached) + more, converged
 
     def search_start(
-        self, T_init: Tensor, stage: Stage, intrinsics: Intrinsics, K: Tensor, hw: Tuple[int, int]
+        self,
+        T_init: Tensor,
+        stage: Stage,
+        intrinsics: Intrinsics,
+        K: Tensor,
+        hw: Tuple[int, int],
+        rendering: Optional[Rendering] = None,
     ) -> Tensor:
-        """The initial pose turned about the camera centre to where ``stage``'s cost is lowest on a grid."""
+        """The initial pose turned about the camera centre to where ``stage``'s cost is lowest on a grid
+        (``rendering``: ``stage``'s render at T_init, if already made)."""
         half, step = self.config.search_deg, self.config.search_step_deg
         if half <= 0:
             return T_init.clone()
-        rendering = self.render(T_init, intrinsics, stage.stride)
+        if rendering is None:
+            rendering = self.render(T_init, intrinsics, stage.stride)
         if len(rendering.points) < 6:
             return T_init.clone()
         points, targets = stage.targets(rendering)
@@ -637,10 +646,12 @@ class PoseRefiner:
         turned = rotation_angle_deg(motion[:3, :3])
         return bool(moved <= self.config.max_translation * depth and turned <= self.config.max_rotation_deg)
 
-    def view_depth(self, T: Tensor, intrinsics: Intrinsics) -> float:
+    def view_depth(self, T: Tensor, intrinsics: Intrinsics, rendering: Optional[Rendering] = None) -> float:
         """The median depth (nerfstudio units) of the surfaces the camera at T sees, from a render on the
-        coarsest grid: the scale of this query's scene, for the distances that are shares of it."""
-        rendering = self.render(T, intrinsics, self.config.render_strides[0])
+        coarsest grid (``rendering``, if already made): the scale of this query's scene, for the
+        distances that are shares of it."""
+        if rendering is None:
+            rendering = self.render(T, intrinsics, self.config.render_strides[0])
         if len(rendering.points) == 0:
             return 1.0  # nothing in view: the training cameras' spread, about the normalised scene's radius
         z = rendering.points.double() @ T[2, :3].to(rendering.points.device) + T[2, 3]
